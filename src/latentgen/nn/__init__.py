@@ -1,0 +1,20 @@
+"""Shared layers: normalization, timestep/label embeddings, residual blocks, SDPA attention."""
+
+from latentgen.nn.attention import Attention, SpatialSelfAttention, SpatialTransformer, TransformerBlock
+from latentgen.nn.embeddings import TimestepEmbedder, timestep_embedding
+from latentgen.nn.norms import GroupNorm32, group_norm
+from latentgen.nn.resblocks import Downsample, ResBlock, Upsample
+
+__all__ = [
+    "Attention",
+    "Downsample",
+    "GroupNorm32",
+    "ResBlock",
+    "SpatialSelfAttention",
+    "SpatialTransformer",
+    "TimestepEmbedder",
+    "TransformerBlock",
+    "Upsample",
+    "group_norm",
+    "timestep_embedding",
+]
