@@ -1,0 +1,121 @@
+"""Load a trained autoencoder as the frozen first stage of a latent model.
+
+The requested architecture comes from the run config (``autoencoder=...``); the weights and the
+latent scale come from a checkpoint or its safetensors export. The checkpoint's embedded
+autoencoder config is compared with the requested one, and any difference is a clear error: a
+first stage trained with another ``f`` or ``latent_channels`` must never be used silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentgen.autoencoders.autoencoder import Autoencoder
+from latentgen.checkpoint import CONFIG_KEY, read_latentgen_checkpoint
+from latentgen.errors import CheckpointError, ConfigError
+
+# Keys that may differ between the training run of the autoencoder and its use downstream
+# (the encoder is convolutional; `resolution` only places attention blocks by feature-map size).
+_IGNORED_KEYS = {"resolution"}
+
+
+def config_differences(expected: Any, found: Any, prefix: str = "autoencoder") -> list[str]:
+    """List ``key: expected != found`` for every leaf that differs (ignoring ``_IGNORED_KEYS``)."""
+    diffs: list[str] = []
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key in sorted(set(expected) | set(found)):
+            if key in _IGNORED_KEYS:
+                continue
+            if key not in found:
+                diffs.append(f"{prefix}.{key}: requested {expected[key]!r}, missing in the checkpoint")
+            elif key not in expected:
+                diffs.append(f"{prefix}.{key}: not requested, checkpoint has {found[key]!r}")
+            else:
+                diffs += config_differences(expected[key], found[key], f"{prefix}.{key}")
+    elif isinstance(expected, (list, tuple)) and isinstance(found, (list, tuple)):
+        if list(expected) != list(found):
+            diffs.append(f"{prefix}: requested {list(expected)!r}, checkpoint has {list(found)!r}")
+    elif expected != found:
+        diffs.append(f"{prefix}: requested {expected!r}, checkpoint has {found!r}")
+    return diffs
+
+
+def read_first_stage(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (autoencoder state_dict, autoencoder config dict) from a .ckpt or a .safetensors export."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"first_stage.ckpt='{path}' does not exist. Give a checkpoint of a model=autoencoder run "
+            "(checkpoints/last.ckpt) or its export (checkpoints/autoencoder.safetensors)."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            raise CheckpointError(f"'{path}' has no config beside it: expected '{meta_path}' (written by the export)")
+        state = load_file(str(path))
+        meta = json.loads(meta_path.read_text())
+        return state, meta["autoencoder"]
+    ckpt = read_latentgen_checkpoint(path)
+    config = ckpt[CONFIG_KEY]
+    prefix = "autoencoder." if ckpt["latentgen_kind"] == "autoencoder" else "first_stage."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state and ckpt["latentgen_kind"] != "autoencoder":
+        raise CheckpointError(f"'{path}' is a '{ckpt['latentgen_kind']}' checkpoint with no first stage inside")
+    return state, config["autoencoder"]
+
+
+def export_first_stage(autoencoder: Autoencoder, config: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write the weights (incl. latent scale) as safetensors and the autoencoder config as JSON beside it."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in autoencoder.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    meta = {"autoencoder": config, "latent_scale": float(autoencoder.latent_scale), "latent_shift": float(autoencoder.latent_shift)}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def load_first_stage(autoencoder: Autoencoder, ckpt: str | None, expected_config: dict[str, Any] | None = None) -> Autoencoder:
+    """Load weights + latent scale into ``autoencoder`` and freeze it.
+
+    Args:
+        autoencoder: built from the requested config (``autoencoder=...``).
+        ckpt: a model=autoencoder checkpoint, a latent model checkpoint, or a safetensors export.
+            ``None`` is allowed only for an autoencoder with nothing to train (f=1 identity), or when
+            the caller loads the weights afterwards (evaluation of a latent-model checkpoint).
+        expected_config: the requested autoencoder config as a plain dict; when given, the
+            checkpoint's config must match it.
+    """
+    if ckpt is not None:
+        state, found_config = read_first_stage(ckpt)
+        if expected_config is not None:
+            diffs = config_differences(expected_config, found_config)
+            if diffs:
+                raise CheckpointError(
+                    f"first_stage.ckpt='{ckpt}' was trained with a different autoencoder than the one requested:\n  "
+                    + "\n  ".join(diffs[:20])
+                    + "\nSelect the matching autoencoder config (autoencoder=...) or give a checkpoint of this one."
+                )
+        missing, unexpected = autoencoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"first_stage.ckpt='{ckpt}' does not fit the requested autoencoder: missing keys {missing[:8]}, "
+                f"unexpected keys {unexpected[:8]}"
+            )
+    elif autoencoder.is_trainable and expected_config is not None:
+        raise ConfigError(
+            "first_stage.ckpt is null but the autoencoder has weights to train; run train.py without "
+            "first_stage.ckpt to train it first, or give first_stage.ckpt=/path/to/autoencoder.ckpt"
+        )
+    return autoencoder.eval().requires_grad_(False)
