@@ -1,0 +1,530 @@
+"""Stateless samplers: noise at t=1 -> samples at t=0.
+
+Every sampler is called as
+
+    sampler(model_fn, objective, noise, *, steps=None, generator=None, progress=False, **overrides) -> x0 (B,C,H,W)
+
+- ``model_fn(x_t (B,C,H,W), t (B,) float) -> raw network output`` (guidance = a wrapped model_fn, see
+  ``guidance.py``); ``objective`` supplies ``schedule``, ``prediction`` and ``model_outputs`` (learned
+  variance split).
+- ``noise`` is the start sample x_1 (B, C, H, W), drawn by the caller; all further randomness comes from
+  ``generator`` (drawn on the generator's device), so a fixed seed gives identical samples.
+- Constructor kwargs are the defaults (``steps``, ``spacing``, ``eta``...); per-call kwargs override them
+  (unknown keys raise a ConfigError). Nothing is stored between calls.
+- ``sampler.sample(...)`` returns :class:`SamplerOutput` (samples and the exact number of network
+  evaluations, NFE); ``sampler.nfe(steps)`` gives the NFE of fixed-step samplers in advance.
+
+**Time grids.** A :class:`Spacing` turns ``steps = N`` into descending times ``t_0 > ... > t_{N-1} > t_N = 0``;
+the network is evaluated at ``t_0..t_{N-1}`` and the last step lands on t=0 (alpha=1, sigma=0), i.e. it
+returns the model's x0 estimate (DDIM with ``set_alpha_to_one``; the Euler step to sigma=0 of Karras
+et al. 2022). For a discrete schedule (T steps) the times are grid points ``t = (k + 1)/T`` with the
+indices of diffusers' ``timestep_spacing`` (Lin et al. 2023, Table 2):
+
+- ``leading`` (``LeadingSpacing(steps_offset=1)``): ``k = arange(N) * (T // N) + steps_offset``, reversed.
+  ``steps_offset=1`` is LDM's / Stable Diffusion's DDIM grid (981, 961, ..., 1 for N=50). Its first step
+  is not at t=1, so the pure-noise start does not match the marginal there. Not defined on continuous paths.
+- ``trailing`` (default everywhere): ``k = round(T - i T/N) - 1``: 999, 979, ..., 19. Starts at t=1
+  (required with zero-terminal SNR). On a continuous path: ``t_i = 1 - i/N``.
+- ``linspace``: ``k = round(linspace(0, T - 1, N))``, reversed: 999, ..., 0 (diffusers' DDIM/DDPM
+  "linspace"; its DPMSolverMultistep "linspace" is a different grid). On a continuous path:
+  ``linspace(1, t_min, N)`` (default ``t_min = 1/N``, which equals trailing; ``t_min = 1/1000`` is
+  diffusers' FlowMatchEulerDiscreteScheduler grid).
+
+**ODE samplers** (Euler, Heun, dopri5) integrate the probability-flow ODE ``dx/dt = d_alpha x0_hat +
+d_sigma eps_hat`` in ``t``: exact drift for flows (velocity prediction returns it directly). On a
+discrete diffusion schedule the drift uses the schedule's piecewise-linear angle interpolation
+(``schedules.py``) and the fixed-step ones evaluate the network on grid points only. First-order steps in
+the (sigma/alpha) variable are exactly DDIM(eta=0), which is the better first-order choice for VP
+diffusion; DPM-Solver++(2M) is the better few-step one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from latentgen.errors import ConfigError
+from latentgen.generative.objective import Objective, interpolate_log_variance, randn
+from latentgen.generative.schedules import NoiseSchedule, ScheduleOutput
+
+__all__ = [
+    "SamplerOutput",
+    "Spacing",
+    "LeadingSpacing",
+    "TrailingSpacing",
+    "LinspaceSpacing",
+    "SPACINGS",
+    "resolve_spacing",
+    "Sampler",
+    "DDPMSampler",
+    "DDIMSampler",
+    "EulerSampler",
+    "HeunSampler",
+    "Dopri5Sampler",
+    "DPMSolverPP2MSampler",
+]
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# =============================================================================================
+# Time grids ("timestep spacing")
+# =============================================================================================
+
+
+class Spacing:
+    """``grid(schedule, steps) -> (steps + 1,) float64`` descending times, last = 0."""
+
+    def indices(self, num_timesteps: int, steps: int) -> torch.Tensor:
+        """Discrete schedules: (steps,) int64 descending indices k in [0, T-1]."""
+        raise NotImplementedError
+
+    def continuous(self, steps: int) -> torch.Tensor:
+        """Continuous paths: (steps,) float64 descending times in (0, 1]."""
+        raise NotImplementedError
+
+    def grid(self, schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+        if steps < 1:
+            raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
+        if schedule.is_discrete:
+            T = schedule.num_timesteps
+            if steps > T:
+                raise ConfigError(f"sampler.steps={steps} exceeds the schedule's {T} timesteps")
+            k = self.indices(T, steps)
+            if int(k.min()) < 0 or int(k.max()) > T - 1 or not bool((k[1:] < k[:-1]).all()):
+                raise ConfigError(
+                    f"{self!r} with steps={steps}, T={T} gives an invalid index grid {k.tolist()[:5]}...; "
+                    "use another spacing or steps_offset"
+                )
+            t = (k.double() + 1.0) / T  # t_k = (k + 1)/T
+        else:
+            t = self.continuous(steps)
+        return torch.cat([t, torch.zeros(1, dtype=torch.float64)])  # (steps + 1,)
+
+
+class LeadingSpacing(Spacing):
+    """diffusers "leading": k = arange(N) * (T // N) + steps_offset (LDM DDIM: steps_offset = 1)."""
+
+    def __init__(self, steps_offset: int = 1) -> None:
+        self.steps_offset = int(steps_offset)
+
+    def indices(self, num_timesteps, steps):
+        ratio = num_timesteps // steps
+        return (torch.arange(steps, dtype=torch.int64) * ratio).flip(0) + self.steps_offset
+
+    def continuous(self, steps):
+        raise ConfigError("sampler.spacing=leading needs a discrete schedule; use trailing or linspace for flows")
+
+    def __repr__(self) -> str:
+        return f"LeadingSpacing(steps_offset={self.steps_offset})"
+
+
+class TrailingSpacing(Spacing):
+    """diffusers "trailing": k = round(T - i T/N) - 1; continuous: t_i = 1 - i/N."""
+
+    def indices(self, num_timesteps, steps):
+        i = torch.arange(steps, dtype=torch.float64)
+        return torch.round(num_timesteps - i * (num_timesteps / steps)).long() - 1
+
+    def continuous(self, steps):
+        return 1.0 - torch.arange(steps, dtype=torch.float64) / steps
+
+    def __repr__(self) -> str:
+        return "TrailingSpacing()"
+
+
+class LinspaceSpacing(Spacing):
+    """diffusers DDIM/DDPM "linspace": k = round(linspace(0, T-1, N)) reversed; continuous:
+    linspace(1, t_min, N) with t_min = 1/N by default."""
+
+    def __init__(self, t_min: float | None = None) -> None:
+        self.t_min = t_min
+
+    def indices(self, num_timesteps, steps):
+        return torch.round(torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64)).long().flip(0)
+
+    def continuous(self, steps):
+        t_min = 1.0 / steps if self.t_min is None else float(self.t_min)
+        if steps == 1:
+            return torch.ones(1, dtype=torch.float64)
+        return torch.linspace(1.0, t_min, steps, dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        return f"LinspaceSpacing(t_min={self.t_min})"
+
+
+SPACINGS: dict[str, Callable[[], Spacing]] = {
+    "leading": LeadingSpacing,
+    "trailing": TrailingSpacing,
+    "linspace": LinspaceSpacing,
+}
+
+
+def resolve_spacing(spacing: str | Spacing) -> Spacing:
+    """A Spacing instance is used as is; a name is looked up in :data:`SPACINGS` (leading = steps_offset 1)."""
+    if isinstance(spacing, Spacing):
+        return spacing
+    try:
+        return SPACINGS[spacing]()
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"sampler.spacing={spacing!r} is unknown; use one of {sorted(SPACINGS)} or a Spacing object"
+        ) from None
+
+
+# =============================================================================================
+# Shared machinery
+# =============================================================================================
+
+
+@dataclass
+class SamplerOutput:
+    samples: torch.Tensor  # (B, C, H, W) float32
+    nfe: int  # number of model_fn calls
+
+
+class _Net:
+    """Evaluates ``model_fn`` at scalar time ``t`` and converts the output; counts evaluations."""
+
+    def __init__(self, model_fn: ModelFn, objective: Objective) -> None:
+        self.model_fn, self.objective, self.nfe = model_fn, objective, 0
+
+    def schedule_at(self, t: float, x: torch.Tensor) -> ScheduleOutput:
+        """ScheduleOutput of 0-dim float32 tensors on x's device (computed in float64)."""
+        s = self.objective.schedule(torch.tensor(t, dtype=torch.float64))
+        return s.map(lambda v: v.to(device=x.device, dtype=torch.float32))
+
+    def __call__(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor | None, ScheduleOutput]:
+        t_vec = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)  # (B,)
+        raw = self.model_fn(x, t_vec)
+        self.nfe += 1
+        pred, v = self.objective.model_outputs(raw)
+        return pred.float(), (None if v is None else v.float()), self.schedule_at(t, x)
+
+    def x0_eps(self, x: torch.Tensor, t: float):
+        pred, v, s = self(x, t)
+        x0, eps = self.objective.prediction.to_x0_eps(pred, x, s)
+        return x0, eps, v, pred, s
+
+    def velocity(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dx/dt, x0_hat) at (x, t)."""
+        pred, _, s = self(x, t)
+        pr = self.objective.prediction
+        return pr.velocity(pred, x, s), pr.to_x0_eps(pred, x, s)[0]
+
+
+def _alpha_sigma(schedule: NoiseSchedule, grid: torch.Tensor) -> tuple[list[float], list[float]]:
+    """alpha, sigma at the grid times as float64 Python lists (last entry: t=0 -> (1, 0) exactly)."""
+    s = schedule(grid)
+    alpha, sigma = s.alpha_t.tolist(), s.sigma_t.tolist()
+    alpha[-1], sigma[-1] = 1.0, 0.0
+    return alpha, sigma
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm  # lazy: only when asked for
+
+    return tqdm(it, desc=desc, leave=False)
+
+
+class Sampler:
+    """Base class. Subclasses set ``self.defaults`` (every overridable option, ``steps`` included) and
+    implement ``_run(net, objective, x, opts, generator, progress) -> x0``."""
+
+    name = "sampler"
+
+    def __init__(self, **defaults: Any) -> None:
+        self.defaults = dict(defaults)
+
+    def _options(self, steps: int | None, overrides: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(overrides) - set(self.defaults)
+        if unknown:
+            raise ConfigError(
+                f"{type(self).__name__} got unknown option(s) {sorted(unknown)}; allowed: {sorted(self.defaults)}"
+            )
+        opts = {**self.defaults, **overrides}
+        if steps is not None:
+            opts["steps"] = steps
+        if "spacing" in opts:
+            opts["spacing"] = resolve_spacing(opts["spacing"])
+        return opts
+
+    def sample(
+        self,
+        model_fn: ModelFn,
+        objective: Objective,
+        noise: torch.Tensor,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        **overrides: Any,
+    ) -> SamplerOutput:
+        opts = self._options(steps, overrides)
+        net = _Net(model_fn, objective)
+        x = noise.float()
+        with torch.no_grad():
+            out = self._run(net, objective, x, opts, generator, progress)
+        return SamplerOutput(samples=out, nfe=net.nfe)
+
+    def __call__(
+        self,
+        model_fn: ModelFn,
+        objective: Objective,
+        noise: torch.Tensor,
+        *,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        **overrides: Any,
+    ) -> torch.Tensor:
+        """Samples (B, C, H, W) at t=0 from ``noise`` at t=1 (see the module docstring)."""
+        out = self.sample(model_fn, objective, noise, steps=steps, generator=generator, progress=progress, **overrides)
+        return out.samples
+
+    def nfe(self, steps: int | None = None) -> int | None:
+        """Network evaluations for ``steps`` (default: the configured steps). None if adaptive/unknown."""
+        n = self.defaults.get("steps") if steps is None else steps
+        return None if n is None else int(n)
+
+    def _run(self, net: _Net, objective: Objective, x, opts, generator, progress) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.defaults.items())})"
+
+
+# =============================================================================================
+# Ancestral and DDIM
+# =============================================================================================
+
+
+def _posterior(a: float, s: float, a_p: float, s_p: float) -> tuple[float, float, float, float]:
+    """q(x_s | x_t, x0) for x_t = a x0 + s eps, x_s = a_p x0 + s_p eps (s < t):
+    mean = c_xt x_t + c_x0 x0, variance beta_tilde; also beta = sigma_{t|s}^2 (Ho et al. Eq. 6-7,
+    written for any (alpha, sigma) as in Kingma et al. 2021, VDM)."""
+    a_ts = a / a_p  # alpha_{t|s}
+    var_ts = max(s * s - a_ts * a_ts * s_p * s_p, 0.0)  # sigma_{t|s}^2 = 1 - abar_t/abar_s = beta'_t (VP)
+    c_xt = a_ts * s_p * s_p / (s * s)
+    c_x0 = a_p * var_ts / (s * s)
+    beta_tilde = var_ts * s_p * s_p / (s * s)  # Ho et al. Eq. 7
+    return c_xt, c_x0, var_ts, beta_tilde
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling (Ho et al. 2020, Alg. 2), on any (respaced) grid (Nichol & Dhariwal 2021, App. B:
+    respaced betas ``beta'_i = 1 - abar_{k_i}/abar_{k_{i+1}}``).
+
+    Variance: the learned one when ``objective.learn_variance`` (iDDPM Eq. 15 on the respaced betas),
+    otherwise ``variance="small"`` (beta_tilde) or ``"large"`` (beta). No noise is added on the last step.
+
+    Args:
+        steps: None = every training timestep (T); else a strided grid from ``spacing``.
+        spacing: "trailing" (default), "leading", "linspace" or a Spacing.
+        variance: "small" | "large" (fixed-variance choice, Ho et al. §3.2).
+    """
+
+    name = "ddpm"
+    # fixed-variance choice (Ho et al. §3.2): (beta, beta_tilde) -> variance
+    _VARIANCES: dict[str, Callable[[float, float], float]] = {
+        "small": lambda beta, beta_tilde: beta_tilde,
+        "large": lambda beta, beta_tilde: beta,
+    }
+
+    def __init__(self, steps: int | None = None, spacing: str | Spacing = "trailing", variance: str = "small") -> None:
+        if variance not in self._VARIANCES:
+            raise ConfigError(f"sampler.variance={variance!r}; use one of {sorted(self._VARIANCES)}")
+        super().__init__(steps=steps, spacing=spacing, variance=variance)
+
+    def _run(self, net, objective, x, opts, generator, progress):
+        sched = objective.schedule
+        steps = opts["steps"]
+        if steps is None:
+            if not sched.is_discrete:
+                raise ConfigError("DDPMSampler on a continuous path needs sampler.steps")
+            steps = sched.num_timesteps
+        grid = opts["spacing"].grid(sched, steps)
+        alpha, sigma = _alpha_sigma(sched, grid)
+        if opts["variance"] not in self._VARIANCES:
+            raise ConfigError(f"sampler.variance={opts['variance']!r}; use one of {sorted(self._VARIANCES)}")
+        fixed_variance = self._VARIANCES[opts["variance"]]
+        for i in _progress(range(steps), progress, "ddpm"):
+            x0, _, v, _, _ = net.x0_eps(x, float(grid[i]))
+            c_xt, c_x0, var_large, var_small = _posterior(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1])
+            mean = c_xt * x + c_x0 * x0  # Ho et al. Eq. 7 (posterior mean with x0_hat)
+            if i == steps - 1:
+                x = mean  # last step (to t=0): c_xt = 0, mean = x0_hat, no noise
+                break
+            z = randn(x.shape, like=x, generator=generator)
+            if v is not None:
+                logvar = interpolate_log_variance(v, math.log(var_large), math.log(var_small))  # iDDPM Eq. 15
+                x = mean + torch.exp(0.5 * logvar) * z
+            else:
+                x = mean + math.sqrt(fixed_variance(var_large, var_small)) * z
+        return x
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021, Eq. 12) with sigma_t(eta) of Eq. 16, for any (alpha, sigma):
+
+        x_prev = alpha' x0_hat + sqrt(sigma'^2 - c^2) eps_hat + c z,
+        c = eta * sigma' * sqrt(1 - SNR_t/SNR_prev)    (VP: eta sqrt((1-abar')/(1-abar) (1 - abar/abar')))
+
+    eta=0 is deterministic (the first-order exponential integrator of the PF-ODE; on rectified flow it is
+    exactly Euler), eta=1 is ancestral sampling with the posterior variance.
+
+    Args:
+        steps: number of model evaluations (default 50).
+        eta: noise scale.
+        spacing: default "trailing" (starts at t=1; needed for zero-terminal SNR, Lin et al. 2023 §3.3).
+            Use ``{_target_: ...LeadingSpacing, steps_offset: 1}`` / "leading" to reproduce LDM's grid.
+    """
+
+    name = "ddim"
+
+    def __init__(self, steps: int = 50, eta: float = 0.0, spacing: str | Spacing = "trailing") -> None:
+        super().__init__(steps=steps, eta=eta, spacing=spacing)
+
+    def _run(self, net, objective, x, opts, generator, progress):
+        steps, eta = int(opts["steps"]), float(opts["eta"])
+        grid = opts["spacing"].grid(objective.schedule, steps)
+        alpha, sigma = _alpha_sigma(objective.schedule, grid)
+        for i in _progress(range(steps), progress, "ddim"):
+            x0, eps, _, _, _ = net.x0_eps(x, float(grid[i]))
+            a, s, a_p, s_p = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
+            snr_ratio = (a * s_p) ** 2 / ((a_p * s) ** 2)  # SNR_t / SNR_prev in [0, 1]
+            c = eta * s_p * math.sqrt(max(1.0 - snr_ratio, 0.0))  # Song et al. Eq. 16
+            x = a_p * x0 + math.sqrt(max(s_p * s_p - c * c, 0.0)) * eps  # Eq. 12, "direction pointing to x_t"
+            if c > 0:
+                x = x + c * randn(x.shape, like=x, generator=generator)
+        return x
+
+
+# =============================================================================================
+# Probability-flow ODE in t
+# =============================================================================================
+
+
+class EulerSampler(Sampler):
+    """Euler on dx/dt = velocity from t=1 to t=0; the last step returns x0_hat (for rectified flow this *is*
+    the Euler step to t=0). NFE = steps."""
+
+    name = "euler"
+
+    def __init__(self, steps: int = 50, spacing: str | Spacing = "trailing") -> None:
+        super().__init__(steps=steps, spacing=spacing)
+
+    def _run(self, net, objective, x, opts, generator, progress):
+        steps = int(opts["steps"])
+        grid = opts["spacing"].grid(objective.schedule, steps).tolist()
+        for i in _progress(range(steps), progress, "euler"):
+            d, x0 = net.velocity(x, grid[i])
+            x = x0 if i == steps - 1 else x + (grid[i + 1] - grid[i]) * d
+        return x
+
+
+class HeunSampler(Sampler):
+    """Heun (Karras et al. 2022, Alg. 1, deterministic) on dx/dt in t; the last step (to t=0) is Euler,
+    i.e. x0_hat. NFE = 2 steps - 1."""
+
+    name = "heun"
+
+    def __init__(self, steps: int = 25, spacing: str | Spacing = "trailing") -> None:
+        super().__init__(steps=steps, spacing=spacing)
+
+    def nfe(self, steps=None):
+        n = super().nfe(steps)
+        return None if n is None else 2 * n - 1
+
+    def _run(self, net, objective, x, opts, generator, progress):
+        steps = int(opts["steps"])
+        grid = opts["spacing"].grid(objective.schedule, steps).tolist()
+        for i in _progress(range(steps), progress, "heun"):
+            d, x0 = net.velocity(x, grid[i])
+            if i == steps - 1:
+                x = x0
+                break
+            h = grid[i + 1] - grid[i]
+            x_e = x + h * d  # Euler predictor
+            d_e, _ = net.velocity(x_e, grid[i + 1])
+            x = x + h * 0.5 * (d + d_e)  # trapezoidal corrector
+        return x
+
+
+class Dopri5Sampler(Sampler):
+    """Adaptive Dormand-Prince 5(4) (torchdiffeq) on dx/dt from t=1 to ``max(t_end, schedule.t_min)``, then
+    x0_hat there (skipped where sigma = 0). NFE is adaptive: read ``SamplerOutput.nfe``.
+
+    On a continuous path with t_end = 0 the network is evaluated at t=0 (sigma=0): use velocity or v
+    prediction there (eps/x0 conversions divide by alpha/sigma), or set t_end > 0.
+    """
+
+    name = "dopri5"
+
+    def __init__(self, atol: float = 1e-5, rtol: float = 1e-5, t_end: float = 0.0) -> None:
+        super().__init__(atol=atol, rtol=rtol, t_end=t_end)
+
+    def nfe(self, steps=None):
+        return None
+
+    def _run(self, net, objective, x, opts, generator, progress):
+        from torchdiffeq import odeint  # lazy: only needed here
+
+        sched = objective.schedule
+        t_lo = max(float(opts["t_end"]), sched.t_min)
+
+        def drift(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return net.velocity(y, float(t))[0]
+
+        ts = torch.tensor([1.0, t_lo], dtype=torch.float32, device=x.device)
+        x = odeint(drift, x, ts, method="dopri5", atol=float(opts["atol"]), rtol=float(opts["rtol"]))[-1]
+        if float(sched(torch.tensor(t_lo, dtype=torch.float64)).sigma_t) > 0:
+            x = net.x0_eps(x, t_lo)[0]
+        return x
+
+
+class DPMSolverPP2MSampler(Sampler):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), data prediction, multistep, in lambda = log(alpha/sigma):
+
+        h_i = lambda_i - lambda_{i-1},  r_i = h_{i-1}/h_i
+        D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2}     (first step: D = x0_{i-1})
+        x_i = (sigma_i/sigma_{i-1}) x_{i-1} - alpha_i (e^{-h_i} - 1) D_i
+
+    First-order on the first step and on the last step (to sigma=0, where it returns x0_hat, as diffusers
+    with ``final_sigmas_type="zero"``). Valid for any (alpha, sigma) path, including rectified flow and
+    alpha(1)=0 (then e^{-h} = 0 and the next step falls back to first order). NFE = steps.
+    """
+
+    name = "dpmpp_2m"
+
+    def __init__(self, steps: int = 20, spacing: str | Spacing = "trailing") -> None:
+        super().__init__(steps=steps, spacing=spacing)
+
+    def _run(self, net, objective, x, opts, generator, progress):
+        steps = int(opts["steps"])
+        grid = opts["spacing"].grid(objective.schedule, steps)
+        alpha, sigma = _alpha_sigma(objective.schedule, grid)
+        a_t, s_t = torch.tensor(alpha, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64)
+        lam = (torch.log(a_t) - torch.log(s_t)).tolist()  # -inf at alpha=0, +inf at sigma=0
+        x0_prev, h_prev = None, None
+        for i in _progress(range(steps), progress, "dpm-solver++(2m)"):
+            x0, _, _, _, _ = net.x0_eps(x, float(grid[i]))
+            a, s, a_n, s_n = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
+            if s_n == 0.0:
+                x = x0  # final first-order step to sigma=0: e^{-h} = 0, alpha = 1
+                break
+            h = lam[i + 1] - lam[i]
+            exp_mh = (a * s_n) / (s * a_n)  # e^{-h}, exact 0 when alpha_i = 0
+            if x0_prev is None or not math.isfinite(h_prev):
+                d = x0  # first order (DPM-Solver++(1) = DDIM)
+            else:
+                r = h_prev / h
+                d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev  # Lu et al. Alg. 2: 2nd-order multistep combination
+            x = (s_n / s) * x - a_n * (exp_mh - 1.0) * d  # Lu et al. Alg. 2: exponential-integrator update
+            x0_prev, h_prev = x0, h
+        return x
