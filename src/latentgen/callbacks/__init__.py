@@ -1,0 +1,1 @@
+"""Lightning callbacks: image grids, checkpoints that carry their config, atomic checkpoint writes."""

@@ -1,0 +1,108 @@
+"""The conditioning contract between conditioners and denoisers.
+
+A denoiser is called as ``denoiser(x_t, t, cond)`` with
+
+- ``x_t``: (B, C, h, w) noisy latent,
+- ``t``: (B,) float time in [0, 1] (t=0 data, t=1 noise),
+- ``cond``: a :class:`Conditioning`, whose fields are all optional:
+
+  - ``context`` (B, M, D) tokens for cross-attention (class tokens, text tokens, map tokens),
+    with ``context_mask`` (B, M) bool, True = attend;
+  - ``vector`` (B, D_v) added to the time embedding (class embedding, pooled text);
+  - ``concat`` (B, C_c, h, w) channels concatenated to ``x_t`` (low-res image, masked image + mask,
+    semantic map). The denoiser's ``in_channels`` is latent channels + ``C_c`` by config.
+
+A :class:`Conditioner` builds a ``Conditioning`` from a batch dict. During training it replaces
+the condition of a random subset of samples by the null condition (per-sample dropout,
+probability ``drop_prob``), which is what classifier-free guidance needs. ``null(batch_size)``
+gives the unconditional input used by guidance at sampling time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Conditioning:
+    """What a denoiser is conditioned on. Every field may be None."""
+
+    context: torch.Tensor | None = None
+    context_mask: torch.Tensor | None = None
+    vector: torch.Tensor | None = None
+    concat: torch.Tensor | None = None
+
+    def map(self, fn) -> Conditioning:
+        """Apply ``fn`` to every tensor field (e.g. ``torch.cat``-ready repeat or ``.to(device)``)."""
+        return Conditioning(**{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name))) for f in fields(self)})
+
+    @staticmethod
+    def cat(a: Conditioning, b: Conditioning) -> Conditioning:
+        """Concatenate two conditionings along the batch dimension (used to batch [uncond, cond] for CFG)."""
+        out = {}
+        for f in fields(Conditioning):
+            va, vb = getattr(a, f.name), getattr(b, f.name)
+            if (va is None) != (vb is None):
+                raise ValueError(f"cannot batch conditionings: field '{f.name}' is set in one and not the other")
+            out[f.name] = None if va is None else torch.cat([va, vb], dim=0)
+        return Conditioning(**out)
+
+    @property
+    def is_empty(self) -> bool:
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+
+class Conditioner(nn.Module):
+    """Base class: ``forward(batch, drop_mask=None) -> Conditioning`` and ``null(batch_size, like_batch)``.
+
+    Subclasses implement :meth:`encode`; the base class draws the per-sample dropout mask.
+
+    Attributes:
+        drop_prob: probability that a training sample gets the null condition.
+        is_conditional: False only for the unconditional conditioner (guidance is then an error).
+    """
+
+    is_conditional: bool = True
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob <= 1.0:
+            raise ValueError(f"conditioner.drop_prob must be in [0, 1], got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    def encode(self, batch: dict[str, Any], drop_mask: torch.Tensor | None) -> Conditioning:
+        """Build the conditioning; samples where ``drop_mask`` (B,) is True get the null condition."""
+        raise NotImplementedError
+
+    def null(self, batch: dict[str, Any]) -> Conditioning:
+        """The unconditional input for every sample of ``batch``."""
+        b = batch_size_of(batch)
+        return self.encode(batch, torch.ones(b, dtype=torch.bool, device=batch_device(batch)))
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Conditioning:
+        drop_mask = None
+        if self.training and self.drop_prob > 0:
+            b = batch_size_of(batch)
+            u = torch.rand(b, generator=generator, device="cpu").to(batch_device(batch))
+            drop_mask = u < self.drop_prob  # (B,) True = use the null condition
+        return self.encode(batch, drop_mask)
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            return v.shape[0]
+        if isinstance(v, (list, tuple)):
+            return len(v)
+    raise ValueError("cannot infer the batch size: the batch has no tensor or list entry")
+
+
+def batch_device(batch: dict[str, Any]) -> torch.device:
+    for v in batch.values():
+        if isinstance(v, torch.Tensor):
+            return v.device
+    return torch.device("cpu")

@@ -1,0 +1,1 @@
+"""LightningModules ("systems"): they wire nn.Modules together and own optimization."""

@@ -1,0 +1,102 @@
+"""In-process training runs of a few steps through latentgen.run (the same path as train.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from latentgen.checkpoint import read_latentgen_checkpoint
+from latentgen.errors import CheckpointError, ConfigError
+from latentgen.run import load_system_from_checkpoint, train
+from tests.helpers import FAST, compose_config
+
+TINY_DATA = ["data.batch_size=8", "data.resolution=16", "trainer.limit_val_batches=1", "num_grid_samples=4"]
+TINY_AE = ["autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny", "perceptual=none"]
+TINY_LDM = ["denoiser=unet_tiny", "sampler.steps=4", "first_stage.trainer.max_steps=6", "first_stage.trainer.val_check_interval=6"]
+
+
+@pytest.fixture(scope="module")
+def trained_ldm(tmp_path_factory):
+    """AE (6 steps) then latent diffusion (6 steps), class-conditional, trained in one call."""
+    out = tmp_path_factory.mktemp("ldm")
+    overrides = [*FAST, *TINY_DATA, *TINY_AE, *TINY_LDM, "data=digits", "conditioner=class", "guidance.scale=2.0",
+                 "trainer.max_steps=6", "trainer.val_check_interval=3", "sample_every_n_steps=3",
+                 "callbacks.model_checkpoint.every_n_train_steps=3"]
+    cfg = compose_config(overrides, output_dir=str(out))
+    metrics = train(cfg)
+    return cfg, out, metrics, overrides
+
+
+def test_autoencoder_run_writes_checkpoint_export_grid_and_metrics(tmp_path):
+    cfg = compose_config(
+        [*FAST, *TINY_DATA, *TINY_AE, "model=autoencoder", "data=shapes", "trainer.max_steps=4", "trainer.val_check_interval=2",
+         "ae_loss.disc_start=2", "ae_loss.disc_train_start=1", "sample_every_n_steps=2"],
+        output_dir=str(tmp_path),
+    )
+    metrics = train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / "autoencoder.safetensors").is_file()
+    assert (tmp_path / "images" / "final.png").is_file()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["kind"] == "autoencoder"
+    assert saved["metrics"]["global_step"] == 4  # global_step counts batches, not optimizer steps
+    assert 0 < metrics["latent_scale"] < 1e3 and metrics["val/psnr"] > 0
+    ckpt = read_latentgen_checkpoint(tmp_path / "checkpoints" / "last.ckpt", expected_kind="autoencoder")
+    assert float(ckpt["state_dict"]["autoencoder.latent_scale"]) == pytest.approx(metrics["latent_scale"])
+
+
+def test_two_stage_run_trains_first_stage_then_latent_model(trained_ldm):
+    cfg, out, metrics, _ = trained_ldm
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "images" / "final.png").is_file()
+    assert metrics["global_step"] == 6
+    assert "val/loss_ema" in metrics
+    ckpt = read_latentgen_checkpoint(out / "checkpoints" / "last.ckpt", expected_kind="latent_generative")
+    assert ckpt["latentgen_config"]["first_stage"]["ckpt"].endswith("autoencoder.safetensors")
+
+
+def test_rerun_reuses_the_finished_first_stage(trained_ldm, monkeypatch):
+    cfg, out, _, overrides = trained_ldm
+    import latentgen.run as run
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the first stage was trained again")
+
+    monkeypatch.setattr(run, "_fit_autoencoder", must_not_train)
+    fresh = compose_config(overrides, output_dir=str(out))
+    assert fresh.first_stage.ckpt is None
+    assert run.ensure_first_stage(fresh) == cfg.first_stage.ckpt
+
+
+def test_checkpoint_round_trip_gives_identical_samples(trained_ldm):
+    _, out, _, _ = trained_ldm
+    system, stored = load_system_from_checkpoint(str(out / "checkpoints" / "last.ckpt"))
+    system2, _ = load_system_from_checkpoint(str(out / "checkpoints" / "last.ckpt"))
+    batch = {"label": torch.arange(4) % 10}
+    a = system.sample(batch, generator=torch.Generator().manual_seed(0))
+    b = system2.sample(batch, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (4, 1, 16, 16)
+    assert torch.equal(a, b)
+    # The EMA copy was restored exactly (it differs from the live weights after training).
+    ckpt = read_latentgen_checkpoint(out / "checkpoints" / "last.ckpt")
+    for k, v in system.state_dict().items():
+        if k.startswith("ema."):
+            assert torch.equal(v, ckpt["state_dict"][k]), k
+
+
+def test_guidance_on_unconditional_model_is_a_clear_error(tmp_path):
+    cfg = compose_config([*FAST, *TINY_DATA, *TINY_AE, *TINY_LDM, "conditioner=none", "guidance.scale=3.0", "trainer.max_steps=1"],
+                         output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="guidance.scale=3.0"):
+        train(cfg)
+
+
+def test_first_stage_checkpoint_of_another_autoencoder_is_refused(trained_ldm, tmp_path):
+    cfg, _, _, _ = trained_ldm
+    ae_ckpt = cfg.first_stage.ckpt
+    bad = compose_config([*FAST, *TINY_DATA, *TINY_LDM, "autoencoder=kl_f8_tiny", f"first_stage.ckpt={ae_ckpt}", "trainer.max_steps=1"],
+                         output_dir=str(tmp_path))
+    with pytest.raises(CheckpointError, match="downsample_factor"):
+        train(bad)
