@@ -254,6 +254,19 @@ def ensure_first_stage(cfg: DictConfig) -> str | None:
     return str(export)
 
 
+def attach_latent_cache(cfg: DictConfig, system, datamodule) -> Path:
+    """Encode the training split once (or load the matching cache) and train from it."""
+    from latentgen.data.latent_cache import CachedLatentDataset, load_or_build_latent_cache
+
+    datamodule.setup("fit")
+    base = datamodule.dataset("train")
+    data_cfg = to_container(cfg.data)
+    data_cfg.pop("batch_size", None), data_cfg.pop("val_batch_size", None), data_cfg.pop("num_workers", None)
+    cache, path = load_or_build_latent_cache(system.first_stage, base, cfg.paths.cache_dir, data_cfg)
+    datamodule.use_train_dataset(CachedLatentDataset(cache, base, seed=datamodule.seed))
+    return path
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train the configured system; returns the final validation metrics (also in metrics.json)."""
     L.seed_everything(cfg.seed, workers=True)
@@ -270,6 +283,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config_dict = to_container(cfg)
     system = build_latent_system(cfg, first_stage_ckpt)
     datamodule = instantiate(cfg.data)
+    if datamodule.cache_latents:
+        attach_latent_cache(cfg, system, datamodule)
     logger = build_logger(cfg.get("logger"))
     trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, output_dir=output_dir, config_dict=config_dict, logger=logger)
     start = time.time()

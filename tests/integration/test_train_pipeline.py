@@ -100,3 +100,13 @@ def test_first_stage_checkpoint_of_another_autoencoder_is_refused(trained_ldm, t
                          output_dir=str(tmp_path))
     with pytest.raises(CheckpointError, match="downsample_factor"):
         train(bad)
+
+
+def test_training_from_the_latent_cache(trained_ldm, tmp_path):
+    cfg, _, _, _ = trained_ldm
+    run_cfg = compose_config([*FAST, *TINY_DATA, *TINY_AE, *TINY_LDM, "data=digits", "data.cache_latents=true",
+                              f"first_stage.ckpt={cfg.first_stage.ckpt}", "trainer.max_steps=2", "trainer.val_check_interval=2"],
+                             output_dir=str(tmp_path))
+    metrics = train(run_cfg)
+    assert metrics["global_step"] == 2
+    assert list((tmp_path / "cache" / "latents").glob("train-*.pt")), "no latent cache was written"

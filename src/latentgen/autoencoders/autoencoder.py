@@ -159,7 +159,10 @@ class Autoencoder(nn.Module):
         self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """(encode(x) - latent_shift) * latent_scale: what the second stage models."""
-        z = self.encode(x, sample=sample, generator=generator)
+        return self.scale_latent(self.encode(x, sample=sample, generator=generator))
+
+    def scale_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """(z - latent_shift) * latent_scale for an unscaled latent z (e.g. from cached ``encode_raw``)."""
         return (z - self.latent_shift.to(z.dtype)) * self.latent_scale.to(z.dtype)
 
     def decode_scaled(self, z: torch.Tensor) -> torch.Tensor:

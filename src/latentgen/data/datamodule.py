@@ -94,6 +94,9 @@ class ImageDataModule(L.LightningDataModule):
             mismatch); ``None`` means "take the dataset's".
         root: the image folder of ``data=folder`` (kept at the top of the data node so that the
             CLI override is ``data.root=...``; the dataset node interpolates it). Informational here.
+        cache_latents: for latent models, encode the training split once with the first stage and
+            train from the cached latents (``latentgen.run`` builds the cache and calls
+            :meth:`use_train_dataset`).
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class ImageDataModule(L.LightningDataModule):
         channels: int | None = None,
         num_classes: int | None = None,
         root: str | None = None,
+        cache_latents: bool = False,
     ) -> None:
         super().__init__()
         if not callable(dataset):
@@ -130,6 +134,8 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self._resolution, self._channels, self._num_classes = resolution, channels, num_classes
         self.root = None if root is None else str(root)
+        # Latent models only: train from first-stage latents encoded once (see data/latent_cache.py).
+        self.cache_latents = bool(cache_latents)
         # Cheap early check of the factory's own keywords (Hydra's partial is a functools.partial).
         keywords = getattr(dataset, "keywords", None) or {}
         for key, want in (("resolution", resolution), ("channels", channels)):
@@ -219,6 +225,10 @@ class ImageDataModule(L.LightningDataModule):
                 f"ImageDataModule: the train split has {len(self.train_dataset)} samples, fewer than one "
                 f"per-rank batch ({self.per_rank_batch_size}) with drop_last=true; lower data.batch_size."
             )
+
+    def use_train_dataset(self, dataset: Dataset) -> None:
+        """Replace the training split (e.g. by a :class:`~latentgen.data.latent_cache.CachedLatentDataset`)."""
+        self.train_dataset = dataset
 
     # -- loaders ----------------------------------------------------------------------------------
 

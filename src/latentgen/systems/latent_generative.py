@@ -84,9 +84,11 @@ class LatentGenerativeSystem(L.LightningModule):
     @torch.no_grad()
     def encode(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latents of the batch's images, (B, C, h, w) — from the cache when the batch has them."""
-        if "latent" in batch:
-            return batch["latent"]
-        return self.first_stage.encode_scaled(batch["image"], sample=self.sample_posterior and self.training, generator=generator)
+        sample = self.sample_posterior and self.training
+        if "latent_raw" in batch:  # from the latent cache: the regularizer's input, e.g. KL mean+logvar
+            z = self.first_stage.regularizer.latent(batch["latent_raw"], sample=sample, generator=generator)
+            return self.first_stage.scale_latent(z)
+        return self.first_stage.encode_scaled(batch["image"], sample=sample, generator=generator)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
