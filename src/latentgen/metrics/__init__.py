@@ -1,0 +1,96 @@
+"""Evaluation metrics: feature extractors, FID / KID / precision-recall / density-coverage / IS, and
+reconstruction metrics (PSNR / SSIM / LPIPS).
+
+Feature-space functions take (N, D) features (torch or numpy) and return Python floats:
+
+- :func:`frechet_distance` (+ :func:`feature_statistics`, :func:`frechet_distance_from_features`)
+- :func:`kernel_inception_distance`
+- :func:`precision_recall`
+- :func:`density_coverage`
+- :func:`inception_score` (from logits)
+
+Batch-wise, DDP-synced accumulation: :class:`GenerativeMetrics`, :class:`ReconstructionMetrics`;
+reference-feature cache: :class:`ReferenceCache`, :class:`ReferenceKey`, :func:`reference_features`.
+Extractors: :class:`InceptionFID`, :class:`FIDHelperInception`, :class:`DatasetClassifierExtractor`,
+:class:`DINOv2Extractor`, :class:`CLIPExtractor`.
+
+Modules: ``frechet``, ``kid``, ``knn`` (precision/recall, density/coverage), ``isc``, ``extractors``,
+``feature_stats``, ``reconstruction``, ``train_extractor`` (CLI). The feature-space functions (torch +
+numpy only) are imported here; the rest lazily on first use (torchmetrics costs seconds to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from latentgen.metrics._checks import NotEnoughSamplesError
+from latentgen.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_from_features
+from latentgen.metrics.isc import inception_score
+from latentgen.metrics.kid import kernel_inception_distance
+from latentgen.metrics.knn import density_coverage, precision_recall
+
+_EXPORTS = {
+    "FeatureExtractor": "extractors",
+    "InceptionFID": "extractors",
+    "FIDHelperInception": "extractors",
+    "DatasetClassifierExtractor": "extractors",
+    "DINOv2Extractor": "extractors",
+    "CLIPExtractor": "extractors",
+    "to_uint8_images": "extractors",
+    "train_dataset_classifier": "extractors",
+    "save_dataset_classifier": "extractors",
+    "GenerativeMetrics": "feature_stats",
+    "ReferenceCache": "feature_stats",
+    "ReferenceKey": "feature_stats",
+    "ReferenceFeatures": "feature_stats",
+    "extract_features": "feature_stats",
+    "reference_features": "feature_stats",
+    "METRIC_NAMES": "feature_stats",
+    "ReconstructionMetrics": "reconstruction",
+    "psnr_per_sample": "reconstruction",
+    "ssim_per_sample": "reconstruction",
+}
+
+__all__ = [
+    "METRIC_NAMES",
+    "CLIPExtractor",
+    "DINOv2Extractor",
+    "DatasetClassifierExtractor",
+    "FIDHelperInception",
+    "FeatureExtractor",
+    "GenerativeMetrics",
+    "InceptionFID",
+    "NotEnoughSamplesError",
+    "ReconstructionMetrics",
+    "ReferenceCache",
+    "ReferenceFeatures",
+    "ReferenceKey",
+    "density_coverage",
+    "extract_features",
+    "feature_statistics",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "inception_score",
+    "kernel_inception_distance",
+    "precision_recall",
+    "psnr_per_sample",
+    "reference_features",
+    "save_dataset_classifier",
+    "ssim_per_sample",
+    "to_uint8_images",
+    "train_dataset_classifier",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'latentgen.metrics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"latentgen.metrics.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
