@@ -20,6 +20,11 @@ FAST = [
     "trainer.log_every_n_steps=1",
 ]
 
+# Tiny data, autoencoder and latent-model settings for in-process training tests.
+TINY_DATA = ["data.batch_size=8", "data.resolution=16", "trainer.limit_val_batches=1", "num_grid_samples=4"]
+TINY_AE = ["autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny", "perceptual=none"]
+TINY_LDM = ["denoiser=unet_tiny", "sampler.steps=4", "first_stage.trainer.max_steps=6", "first_stage.trainer.val_check_interval=6"]
+
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config", output_dir: str | None = None) -> DictConfig:
     """Compose a config from conf/ as Hydra would, with ``paths.output_dir`` set (no Hydra run dir here)."""

@@ -248,7 +248,14 @@ def ensure_first_stage(cfg: DictConfig) -> str | None:
     log.info("training the first stage into %s", out_dir)
     check_output_dir(out_dir)
     logger = build_logger(cfg.get("logger"), save_dir=str(out_dir)) if cfg.get("logger") else False
-    _fit_autoencoder(cfg, ae_cfg, trainer_cfg, out_dir, logger)
+    # The autoencoder run's own config (what its checkpoint records): this run's, with the
+    # first-stage system as `model` and the first-stage trainer settings.
+    ae_run_cfg = cfg.copy()
+    with open_dict(ae_run_cfg):
+        ae_run_cfg.model = ae_cfg
+        ae_run_cfg.trainer = trainer_cfg
+        ae_run_cfg.paths.output_dir = str(out_dir)
+    _fit_autoencoder(ae_run_cfg, ae_run_cfg.model, ae_run_cfg.trainer, out_dir, logger)
     if logger and hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
         logger.experiment.finish()
     return str(export)
@@ -298,15 +305,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def load_system_from_checkpoint(path: str, overrides: DictConfig | None = None):
+def load_system_from_checkpoint(path: str, overrides: dict[str, Any] | None = None):
     """Rebuild a system from a checkpoint's own config and load its weights (weights_only=True).
 
-    ``overrides`` (e.g. ``{"sampler": {...}, "guidance": {...}}``) replace nodes of the stored config.
+    ``overrides`` maps dotted keys to values that *replace* those nodes of the stored config, e.g.
+    ``{"model.sampler": {...}, "model.guidance_scale": 2.0}``.
     """
     ckpt = read_latentgen_checkpoint(path)
     stored = OmegaConf.create(ckpt[CONFIG_KEY])
-    if overrides is not None:
-        stored = OmegaConf.merge(stored, overrides)
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(stored, key, value, merge=False, force_add=True)
     check_targets(stored, "checkpoint config")
     if is_autoencoder_run(stored.model):
         system = instantiate(stored.model)

@@ -10,23 +10,7 @@ import torch
 from latentgen.checkpoint import read_latentgen_checkpoint
 from latentgen.errors import CheckpointError, ConfigError
 from latentgen.run import load_system_from_checkpoint, train
-from tests.helpers import FAST, compose_config
-
-TINY_DATA = ["data.batch_size=8", "data.resolution=16", "trainer.limit_val_batches=1", "num_grid_samples=4"]
-TINY_AE = ["autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny", "perceptual=none"]
-TINY_LDM = ["denoiser=unet_tiny", "sampler.steps=4", "first_stage.trainer.max_steps=6", "first_stage.trainer.val_check_interval=6"]
-
-
-@pytest.fixture(scope="module")
-def trained_ldm(tmp_path_factory):
-    """AE (6 steps) then latent diffusion (6 steps), class-conditional, trained in one call."""
-    out = tmp_path_factory.mktemp("ldm")
-    overrides = [*FAST, *TINY_DATA, *TINY_AE, *TINY_LDM, "data=digits", "conditioner=class", "guidance.scale=2.0",
-                 "trainer.max_steps=6", "trainer.val_check_interval=3", "sample_every_n_steps=3",
-                 "callbacks.model_checkpoint.every_n_train_steps=3"]
-    cfg = compose_config(overrides, output_dir=str(out))
-    metrics = train(cfg)
-    return cfg, out, metrics, overrides
+from tests.helpers import FAST, TINY_AE, TINY_DATA, TINY_LDM, compose_config
 
 
 def test_autoencoder_run_writes_checkpoint_export_grid_and_metrics(tmp_path):

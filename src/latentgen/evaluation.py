@@ -1,0 +1,259 @@
+"""Evaluation of checkpoints: reconstructions of autoencoders, samples of latent models.
+
+``evaluate.py ckpt=...`` rebuilds the system from the checkpoint's own config (``latentgen.run``),
+optionally swapping the sampler, its steps and the guidance scale, and writes ``metrics.json`` in
+its run dir: every number with the feature extractor, the number of samples, the sampler and the
+NFE beside it. The same :func:`generator_metrics` is used by the in-training evaluation callback,
+so FID during training and FID from ``evaluate.py`` are the same computation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import make_grid, save_image
+
+from latentgen.errors import ConfigError
+
+log = logging.getLogger("latentgen")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def default_device() -> torch.device:
+    """The accelerator torch sees (CUDA, MPS, XPU ...) or the CPU; never a hard-coded name."""
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    return accelerator if accelerator is not None else torch.device("cpu")
+
+
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Grayscale (B, 1, H, W) -> (B, 3, H, W); feature extractors take RGB."""
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def condition_batches(datamodule, split: str, batch_size: int, num_samples: int) -> Iterator[dict[str, Any]]:
+    """Batches whose labels/captions/masks condition the samples: drawn from the real data, cycled."""
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.train_dataloader()
+    produced = 0
+    while produced < num_samples:
+        for batch in loader:
+            n = min(batch_size, num_samples - produced, batch["image"].shape[0])
+            yield {k: v[:n] for k, v in batch.items()}
+            produced += n
+            if produced >= num_samples:
+                return
+
+
+def save_grid(images: torch.Tensor, path: Path) -> torch.Tensor:
+    images = ((images.float().cpu() + 1) / 2).clamp(0, 1)
+    grid = make_grid(images, nrow=max(1, int(math.sqrt(images.shape[0]))), padding=1, pad_value=1.0)  # (C, H', W')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------- generator
+@torch.no_grad()
+def generator_metrics(
+    system,
+    datamodule,
+    extractor,
+    *,
+    metrics: list[str],
+    num_samples: int,
+    batch_size: int,
+    cache_dir: str | Path | None,
+    dataset_config: dict[str, Any],
+    split: str = "train",
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Generate ``num_samples`` images (EMA weights) and compare their features with real ones.
+
+    Returns (metrics, the first batch of samples in [-1, 1]). The real-data reference features are
+    cached on disk, keyed by dataset config, split, resolution, extractor and sample count.
+    """
+    from latentgen.metrics.feature_stats import GenerativeMetrics, ReferenceCache, ReferenceKey, reference_features
+
+    datamodule.setup("fit" if split == "train" else "validate")
+    available = len(datamodule.dataset(split))
+    num_real = min(num_samples, available)
+    device = system.device
+    gm = GenerativeMetrics(extractor, metrics=metrics).to(device)
+    key = ReferenceKey.create(
+        dataset=dataset_config, split=split, resolution=datamodule.resolution, extractor=extractor, num_samples=num_real
+    )
+    ref = reference_features(
+        ReferenceCache(cache_dir) if cache_dir else None,
+        key,
+        extractor,
+        lambda: ({"image": as_rgb(b["image"])} for b in condition_batches(datamodule, split, batch_size, num_real)),
+        device=device,
+        progress=progress,
+    )
+    gm.set_reference(ref.features.to(device))
+
+    gen = torch.Generator().manual_seed(seed)
+    first = None
+    start = time.time()
+    produced = 0
+    batches = condition_batches(datamodule, split, batch_size, num_samples)
+    if progress:
+        from rich.progress import track
+
+        batches = track(batches, total=math.ceil(num_samples / batch_size), description=f"sampling {num_samples} images")
+    for batch in batches:
+        batch = _to_device(batch, device)
+        images = system.sample(batch, generator=gen, steps=steps, guidance_scale=guidance_scale)  # (b, C, H, W)
+        if first is None:
+            first = images.cpu()
+        gm.update(as_rgb(images), real=False)
+        produced += images.shape[0]
+    sampling_time = time.time() - start
+    results = dict(gm.compute())
+    nfe = system.sampler.nfe(steps) if hasattr(system.sampler, "nfe") else None
+    results.update(
+        {
+            "num_samples": float(produced),
+            "num_reference": float(ref.features.shape[0]),
+            "sampling_images_per_s": produced / max(sampling_time, 1e-9),
+            "nfe": float(nfe) if nfe is not None else float("nan"),
+        }
+    )
+    return results, first
+
+
+# ---------------------------------------------------------------------------------------------- autoencoder
+@torch.no_grad()
+def autoencoder_metrics(system, datamodule, extractor, *, batch_size: int, num_samples: int, progress: bool = True):
+    """PSNR / SSIM / LPIPS (mean and std) of reconstructions of the val split, and rFID with an extractor."""
+    from latentgen.metrics.feature_stats import GenerativeMetrics
+    from latentgen.metrics.reconstruction import ReconstructionMetrics
+
+    datamodule.setup("validate")
+    perceptual = getattr(system.loss, "perceptual", None)
+    use_lpips = perceptual is not None and getattr(perceptual, "name", "none") != "none"
+    rec = ReconstructionMetrics(lpips=perceptual if use_lpips else None).to(system.device)
+    rfid = GenerativeMetrics(extractor, metrics=["fid"]).to(system.device) if extractor is not None else None
+    first = None
+    seen = 0
+    for batch in datamodule.val_dataloader():
+        x = batch["image"][: num_samples - seen].to(system.device)
+        recon = system.reconstruct(x)
+        if first is None:
+            first = torch.cat([x[:32], recon[:32]]).cpu()
+        rec.update(recon, x)
+        if rfid is not None:
+            rfid.update(as_rgb(x), real=True)
+            rfid.update(as_rgb(recon), real=False)
+        seen += x.shape[0]
+        if seen >= num_samples:
+            break
+    results = dict(rec.compute())
+    if rfid is not None:
+        results["rfid"] = rfid.compute()["fid"]
+    if use_lpips:
+        results["lpips_network"] = perceptual.name
+    return results, first
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def _overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The nodes of the stored config that this evaluation replaces (sampler, guidance scale)."""
+    over: dict[str, Any] = {}
+    if cfg.get("sampler") is not None:
+        sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
+        over["sampler"] = sampler
+        over["model.sampler"] = sampler
+    scale = cfg.get("guidance", {}).get("scale")
+    if scale is not None:
+        over["guidance.scale"] = float(scale)
+        over["model.guidance_scale"] = float(scale)
+    return over
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    from latentgen.run import (
+        build_logger,
+        check_output_dir,
+        instantiate,
+        load_system_from_checkpoint,
+        to_container,
+        write_json,
+    )
+
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = check_output_dir(cfg.paths.output_dir)
+    system, stored = load_system_from_checkpoint(str(cfg.ckpt), _overrides(cfg))
+    device = default_device() if cfg.get("device", "auto") == "auto" else torch.device(cfg.device)
+    system = system.to(device).eval()
+    datamodule = instantiate(stored.data)
+    extractor = instantiate(cfg.extractor) if cfg.get("extractor") else None
+    record: dict[str, Any] = {"kind": system.kind, "ckpt": str(cfg.ckpt), "device": str(device)}
+    if extractor is not None:
+        record["extractor"] = {"name": extractor.name, "weights": extractor.weights_label}
+
+    if system.kind == "autoencoder":
+        results, images = autoencoder_metrics(system, datamodule, extractor, batch_size=int(cfg.batch_size),
+                                              num_samples=int(cfg.num_samples))
+        record["num_samples"] = int(results.get("num_samples", 0))
+    else:
+        scale = float(stored.guidance.scale) if cfg.guidance.scale is None else float(cfg.guidance.scale)
+        record.update(
+            {
+                "sampler": stored.model.sampler.get("_target_"),
+                "steps": stored.model.sampler.get("steps"),
+                "guidance_scale": scale,
+            }
+        )
+        if extractor is None:
+            # Without an extractor only samples (a grid) and the sampling speed are produced.
+            gen = torch.Generator().manual_seed(int(cfg.seed))
+            datamodule.setup("validate")
+            batch = _to_device(datamodule.fixed_batch(int(cfg.num_grid_samples)), device)
+            start = time.time()
+            images = system.sample(batch, generator=gen)
+            results = {"sampling_images_per_s": images.shape[0] / (time.time() - start), "num_samples": float(images.shape[0])}
+            log.warning("no extractor configured (extractor=...): only a sample grid was made, no FID")
+        else:
+            unknown = set(cfg.metrics) - {"fid", "kid", "is", "prc", "density_coverage"}
+            if unknown:
+                raise ConfigError(f"metrics={list(cfg.metrics)}: unknown {sorted(unknown)}")
+            results, images = generator_metrics(
+                system,
+                datamodule,
+                extractor,
+                metrics=list(cfg.metrics),
+                num_samples=int(cfg.num_samples),
+                batch_size=int(cfg.batch_size),
+                cache_dir=cfg.paths.cache_dir,
+                dataset_config=to_container(stored.data),
+                split=str(cfg.split),
+                seed=int(cfg.seed),
+            )
+        record["nfe"] = results.get("nfe")
+        record["num_samples"] = int(results.get("num_samples", 0))
+    grid = save_grid(images, out_dir / "samples.png")
+    record["metrics"] = results
+    write_json(out_dir / "metrics.json", record)
+    logger = build_logger(cfg.get("logger"), save_dir=str(out_dir)) if cfg.get("logger") else False
+    if logger:
+        logger.log_metrics({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))})
+        if hasattr(logger, "log_image"):
+            logger.log_image(key="eval/samples", images=[grid])
+        logger.finalize("success")
+    log.info("metrics: %s", results)
+    return record
