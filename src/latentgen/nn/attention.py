@@ -14,61 +14,31 @@ from latentgen.nn.norms import group_norm
 
 
 class Attention(nn.Module):
-    """Multi-head attention of ``x`` over ``context`` (self-attention when ``context`` is None).
-
-    Projections are fused: a self-attention module (``context_dim=None``) holds one ``to_qkv`` Linear
-    (query_dim -> 3 * inner), a cross-attention module ``to_q`` and a ``to_kv`` Linear
-    (context_dim -> 2 * inner), so each call runs one or two matmuls instead of three. State dicts with
-    separate ``to_q`` / ``to_k`` / ``to_v`` weights (older checkpoints, diffusers-style key maps) still load:
-    they are concatenated on load.
-    """
+    """Multi-head attention of ``x`` over ``context`` (self-attention when ``context`` is None)."""
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4, dim_head: int = 32) -> None:
         super().__init__()
         inner = heads * dim_head
-        self.heads, self.dim_head, self.inner = heads, dim_head, inner
-        self.is_self_attention = context_dim is None
-        if self.is_self_attention:
-            self.to_qkv = nn.Linear(query_dim, 3 * inner, bias=False)
-        else:
-            self.to_q = nn.Linear(query_dim, inner, bias=False)
-            self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
+        context_dim = context_dim or query_dim
+        self.heads, self.dim_head = heads, dim_head
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Linear(inner, query_dim)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        """Accept separate to_q/to_k/to_v weights and fuse them into this module's layout."""
-        names = [f"{prefix}to_{n}.weight" for n in "qkv"]
-        if all(n in state_dict for n in names):
-            q, k, v = (state_dict.pop(n) for n in names)
-            if self.is_self_attention:
-                state_dict[f"{prefix}to_qkv.weight"] = torch.cat([q, k, v], dim=0)  # (3*inner, Dq)
-            else:
-                state_dict[f"{prefix}to_q.weight"] = q
-                state_dict[f"{prefix}to_kv.weight"] = torch.cat([k, v], dim=0)  # (2*inner, Dc)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x: (B, N, Dq); context: (B, M, Dc); context_mask: (B, M) bool, True = attend."""
+        context = x if context is None else context
         b, n, _ = x.shape
-        h, d = self.heads, self.dim_head
-        if self.is_self_attention and context is None:
-            qkv = self.to_qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
-            q, k, v = qkv.unbind(0)  # (B, h, N, d) each
-        else:
-            if self.is_self_attention:  # a self-attention module called with a context of width Dq
-                w_q, w_kv = self.to_qkv.weight.split([self.inner, 2 * self.inner])
-                q_flat, kv_flat = F.linear(x, w_q), F.linear(context, w_kv)  # (B, N, h*d), (B, M, 2*h*d)
-            else:
-                q_flat, kv_flat = self.to_q(x), self.to_kv(context)
-            m = context.shape[1]
-            q = q_flat.view(b, n, h, d).transpose(1, 2)  # (B, h, N, d)
-            kv = kv_flat.view(b, m, 2, h, d).permute(2, 0, 3, 1, 4)  # (2, B, h, M, d)
-            k, v = kv.unbind(0)  # (B, h, M, d) each
+        m = context.shape[1]
+        q = self.to_q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)  # (B, h, N, d)
+        k = self.to_k(context).view(b, m, self.heads, self.dim_head).transpose(1, 2)  # (B, h, M, d)
+        v = self.to_v(context).view(b, m, self.heads, self.dim_head).transpose(1, 2)  # (B, h, M, d)
         attn_mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, M)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, N, d)
-        out = out.transpose(1, 2).reshape(b, n, h * d)  # (B, N, h*d)
+        out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)  # (B, N, h*d)
         return self.to_out(out)
 
 

@@ -1,0 +1,5 @@
+"""Denoiser networks, one family per file: ``denoiser(x_t, t, cond) -> Tensor``."""
+
+from latentgen.networks.unet import UNet, UNetBlock
+
+__all__ = ["UNet", "UNetBlock"]
