@@ -191,10 +191,12 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         check_output_dir,
         instantiate,
         load_system_from_checkpoint,
+        silence_expected_warnings,
         to_container,
         write_json,
     )
 
+    silence_expected_warnings()
     L.seed_everything(cfg.seed, workers=True)
     out_dir = check_output_dir(cfg.paths.output_dir)
     system, stored = load_system_from_checkpoint(str(cfg.ckpt), _overrides(cfg))

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,22 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from latentgen.autoencoders.frozen import export_first_stage, load_first_stage
 from latentgen.autoencoders.latent_stats import measure_latent_stats
 from latentgen.callbacks.checkpoint import ConfigInCheckpoint
+from latentgen.callbacks.resilience import PREEMPTED_EXIT_CODE
 from latentgen.checkpoint import CONFIG_KEY, AtomicCheckpointIO, read_latentgen_checkpoint
 from latentgen.errors import ConfigError, LatentgenError
 from latentgen.systems.autoencoder import AutoencoderSystem
 
 log = logging.getLogger("latentgen")
+
+
+def silence_expected_warnings() -> None:
+    """Hide Lightning warnings that describe intended behaviour here (and only those)."""
+    # Frozen parts (first stage, perceptual network, EMA copy) are in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # The autoencoder checkpoints after its optimizer step on purpose (manual optimization).
+    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
+    # Lightning 2.6 on torch 2.14 (MACHINE-NOTES).
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
 # Module prefixes a config may instantiate. Configs read back from checkpoints are checked against
 # this list before anything is built, so a crafted checkpoint cannot name an arbitrary callable.
@@ -56,14 +68,36 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
+def _allowed_target(target: str) -> bool:
+    """The dotted path starts with an allowed prefix AND names a callable defined in an allowed module.
+
+    The second test matters: ``latentgen.run.os.system`` starts with ``latentgen.`` but reaches
+    ``os.system`` through a module attribute. Resolving the path imports only modules under the
+    allowed prefixes (the path must start with one) and calls nothing.
+    """
+    if not target.startswith(ALLOWED_TARGET_PREFIXES):
+        return False
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+    except Exception:  # noqa: BLE001 - an unresolvable target is simply not allowed
+        return False
+    module = getattr(obj, "__module__", None) or ""
+    return callable(obj) and f"{module}.".startswith(ALLOWED_TARGET_PREFIXES)
+
+
 def check_targets(node: Any, where: str = "config") -> None:
-    """Raise ConfigError if any ``_target_`` in ``node`` is outside :data:`ALLOWED_TARGET_PREFIXES`."""
+    """Raise ConfigError if any ``_target_`` in ``node`` is not allowed (see :func:`_allowed_target`)."""
     if isinstance(node, DictConfig):
         node = OmegaConf.to_container(node, resolve=False)
     if isinstance(node, dict):
         target = node.get("_target_")
-        if target is not None and not str(target).startswith(ALLOWED_TARGET_PREFIXES):
-            raise ConfigError(f"{where}: _target_ '{target}' is not allowed (allowed prefixes: {ALLOWED_TARGET_PREFIXES})")
+        if target is not None and not _allowed_target(str(target)):
+            raise ConfigError(
+                f"{where}: _target_ '{target}' is not allowed: configs read from checkpoints may only build "
+                f"classes and functions defined under {ALLOWED_TARGET_PREFIXES}"
+            )
         for k, v in node.items():
             check_targets(v, f"{where}.{k}")
     elif isinstance(node, list):
@@ -129,6 +163,33 @@ def build_trainer(cfg: DictConfig, *, trainer_cfg: DictConfig, output_dir: Path,
     )
 
 
+def system_options(cfg: DictConfig, *, latent: bool) -> dict[str, Any]:
+    """Run-level options passed to the system's constructor (top-level keys of conf/config.yaml)."""
+    opts: dict[str, Any] = {"nonfinite": str(cfg.get("nonfinite") or "raise")}
+    if latent:
+        opts.update(seed=int(cfg.get("seed") or 0), compile=bool(cfg.get("compile") or False))
+    return opts
+
+
+def fsdp_wrap_policy() -> set[type]:
+    """FSDP units for ``trainer=fsdp``: every UNet block (ResBlock + transformer + resampling)."""
+    from latentgen.networks.unet import UNetBlock
+
+    return {UNetBlock}
+
+
+def fit(trainer: L.Trainer, system, datamodule, ckpt_path: str | None) -> None:
+    """``trainer.fit``; a run stopped by SIGTERM (checkpoint written by PreemptionCheckpoint) exits with
+    :data:`PREEMPTED_EXIT_CODE` instead of continuing with the final validation and export."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        log.warning("training stopped by SIGTERM after global step %d; resume with ckpt_path=last", trainer.global_step)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+
+
 def build_first_stage(cfg: DictConfig, ckpt: str | None, *, check_config: bool = True):
     autoencoder = instantiate(cfg.autoencoder)
     expected = to_container(cfg.autoencoder) if check_config else None
@@ -137,7 +198,7 @@ def build_first_stage(cfg: DictConfig, ckpt: str | None, *, check_config: bool =
 
 def build_latent_system(cfg: DictConfig, first_stage_ckpt: str | None, *, check_config: bool = True):
     first_stage = build_first_stage(cfg, first_stage_ckpt, check_config=check_config)
-    return instantiate(cfg.model, first_stage=first_stage)
+    return instantiate(cfg.model, first_stage=first_stage, **system_options(cfg, latent=True))
 
 
 @rank_zero_only
@@ -162,13 +223,13 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def _fit_autoencoder(cfg: DictConfig, model_cfg: DictConfig, trainer_cfg: DictConfig, output_dir: Path, logger) -> dict:
     """Train an autoencoder system, measure its latent scale, save last.ckpt and the safetensors export."""
     config_dict = to_container(cfg)
-    system: AutoencoderSystem = instantiate(model_cfg)
+    system: AutoencoderSystem = instantiate(model_cfg, **system_options(cfg, latent=False))
     datamodule = instantiate(cfg.data)
     trainer = build_trainer(cfg, trainer_cfg=trainer_cfg, output_dir=output_dir, config_dict=config_dict, logger=logger)
     ckpt_dir = output_dir / "checkpoints"
     start = time.time()
     if system.autoencoder.is_trainable:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=resolve_resume_path(cfg, ckpt_dir))
+        fit(trainer, system, datamodule, resolve_resume_path(cfg, ckpt_dir))
     else:
         log.info("autoencoder=%s has nothing to train (identity first stage); exporting it as is", cfg.autoencoder.get("_target_"))
         datamodule.setup("fit")
@@ -189,6 +250,8 @@ def _fit_autoencoder(cfg: DictConfig, model_cfg: DictConfig, trainer_cfg: DictCo
         metrics = {}
     if trainer.is_global_zero:
         export_first_stage(system.autoencoder, to_container(cfg.autoencoder), ckpt_dir / "autoencoder.safetensors")
+    # Other DDP ranks load this export next (second stage): wait until rank 0 has written it.
+    trainer.strategy.barrier("first-stage export")
     metrics.update(
         {
             "latent_scale": float(scale),
@@ -205,8 +268,10 @@ def resolve_resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, ""):
         return None
-    if ckpt == "last":
+    if ckpt in ("last", "auto"):
         last = ckpt_dir / "last.ckpt"
+        if ckpt == "auto" and not last.is_file():
+            return None  # a fresh start (e.g. the first attempt of a job that is requeued with the same command)
         if not last.is_file():
             raise ConfigError(
                 f"ckpt_path=last but '{last}' does not exist. Resume in the run dir of the killed run: "
@@ -238,7 +303,9 @@ def ensure_first_stage(cfg: DictConfig) -> str | None:
         return None
     ae_cfg = cfg.first_stage.model
     trainer_cfg = OmegaConf.merge(cfg.trainer, cfg.first_stage.get("trainer") or {})
-    key = config_hash(cfg.autoencoder, ae_cfg, cfg.data, trainer_cfg.max_steps, cfg.seed)
+    # `first_stage.data` (optional): data settings that differ for the first stage, e.g. its batch size.
+    data_cfg = OmegaConf.merge(OmegaConf.create(to_container(cfg.data)), cfg.first_stage.get("data") or {})
+    key = config_hash(cfg.autoencoder, ae_cfg, data_cfg, trainer_cfg.max_steps, cfg.seed)
     name = f"{hydra_choice('autoencoder', 'autoencoder')}-{key}"
     out_dir = Path(cfg.paths.first_stage_cache) / name
     export = out_dir / "checkpoints" / "autoencoder.safetensors"
@@ -254,6 +321,7 @@ def ensure_first_stage(cfg: DictConfig) -> str | None:
     with open_dict(ae_run_cfg):
         ae_run_cfg.model = ae_cfg
         ae_run_cfg.trainer = trainer_cfg
+        ae_run_cfg.data = data_cfg
         ae_run_cfg.paths.output_dir = str(out_dir)
     _fit_autoencoder(ae_run_cfg, ae_run_cfg.model, ae_run_cfg.trainer, out_dir, logger)
     if logger and hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
@@ -275,7 +343,20 @@ def attach_latent_cache(cfg: DictConfig, system, datamodule) -> Path:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train the configured system; returns the final validation metrics (also in metrics.json)."""
+    """Train the configured system; returns the final validation metrics (also in metrics.json).
+
+    With a ``sweep`` node (experiment=f_sweep) the run is a sweep job (latentgen.sweep.job): a finished
+    job with the same config is skipped, a failure is recorded (error.txt) instead of stopping the sweep.
+    """
+    silence_expected_warnings()
+    if cfg.get("sweep") is not None:
+        from latentgen.sweep.job import run_sweep_job
+
+        return run_sweep_job(cfg, _train)
+    return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = check_output_dir(cfg.paths.output_dir)
     if is_autoencoder_run(cfg.model):
@@ -295,7 +376,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger = build_logger(cfg.get("logger"))
     trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, output_dir=output_dir, config_dict=config_dict, logger=logger)
     start = time.time()
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resolve_resume_path(cfg, output_dir / "checkpoints"))
+    fit(trainer, system, datamodule, resolve_resume_path(cfg, output_dir / "checkpoints"))
     wall = time.time() - start
     metrics = scalar_metrics(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
     metrics.update({"train_wall_time_s": wall, "global_step": trainer.global_step})
@@ -317,7 +398,7 @@ def load_system_from_checkpoint(path: str, overrides: dict[str, Any] | None = No
         OmegaConf.update(stored, key, value, merge=False, force_add=True)
     check_targets(stored, "checkpoint config")
     if is_autoencoder_run(stored.model):
-        system = instantiate(stored.model)
+        system = instantiate(stored.model, **system_options(stored, latent=False))
     else:
         system = build_latent_system(stored, None, check_config=False)
     missing, unexpected = system.load_state_dict(ckpt["state_dict"], strict=False)

@@ -19,7 +19,13 @@ def make_model_checkpoint(
     monitor: str | None = None,
     mode: str = "min",
 ) -> ModelCheckpoint:
-    """Keep ``last.ckpt`` plus the ``save_top_k`` newest (or best by ``monitor``) step checkpoints."""
+    """Keep ``last.ckpt`` plus the ``save_top_k`` newest (or best by ``monitor``) step checkpoints.
+
+    Without ``monitor`` the checkpoints are ranked by ``step`` (newest kept): Lightning refuses
+    ``save_top_k > 1`` with no monitored quantity.
+    """
+    if monitor is None:
+        monitor, mode = "step", "max"
     return ModelCheckpoint(
         dirpath=dirpath,
         filename="step{step:07d}",

@@ -14,12 +14,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.autoencoders.losses import AutoencoderLoss
-from latentgen.systems.common import check_finite, global_batch_size
+from latentgen.systems.common import check_finite, check_nonfinite_policy, finite_on_all_ranks, global_batch_size
 
 
 class AutoencoderSystem(L.LightningModule):
@@ -35,7 +36,10 @@ class AutoencoderSystem(L.LightningModule):
         betas: tuple[float, float] = (0.5, 0.9),
         latent_stats_batches: int = 16,
         rescale_vq_latents: bool = False,
+        nonfinite: str = "raise",
     ) -> None:
+        """``nonfinite``: "raise" stops at a NaN/Inf loss (naming the step), "skip" skips that batch's
+        autoencoder and discriminator updates."""
         super().__init__()
         self.automatic_optimization = False
         self.autoencoder = autoencoder
@@ -46,6 +50,8 @@ class AutoencoderSystem(L.LightningModule):
         self.betas = tuple(betas)
         self.latent_stats_batches = int(latent_stats_batches)
         self.rescale_vq_latents = rescale_vq_latents
+        self.nonfinite = check_nonfinite_policy(nonfinite)
+        self.skipped_steps = 0
         # Validation metrics on images mapped to [0, 1]; reduced across DDP ranks by torchmetrics.
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
@@ -97,7 +103,8 @@ class AutoencoderSystem(L.LightningModule):
             last_layer=self.autoencoder.last_layer,
             batch_idx=step,
         )
-        check_finite(g_loss, what="autoencoder loss", step=step, batch_idx=batch_idx)
+        if not self._finite(g_loss, "autoencoder loss", step, batch_idx):
+            return
         opts[0].zero_grad(set_to_none=True)
         self.manual_backward(g_loss)
         opts[0].step()
@@ -106,13 +113,25 @@ class AutoencoderSystem(L.LightningModule):
 
         if self.has_discriminator and self.loss.disc_trains_at(step):
             d_loss, d_log = self.loss.discriminator_loss(x, out.recon.detach(), batch_idx=step)
-            check_finite(d_loss, what="discriminator loss", step=step, batch_idx=batch_idx)
+            if not self._finite(d_loss, "discriminator loss", step, batch_idx):
+                return
             opts[1].zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             opts[1].optimizer.step()  # raw step: global_step keeps counting batches
             logs.update({f"train/{k}": v for k, v in d_log.items()})
         self.log_dict(logs, prog_bar=False, sync_dist=False)
         self.log("train/loss", g_loss.detach(), prog_bar=True)
+
+    def _finite(self, loss: torch.Tensor, what: str, step: int, batch_idx: int) -> bool:
+        """True if ``loss`` is finite on every rank; else raise (nonfinite=raise) or count a skipped step."""
+        if finite_on_all_ranks(loss, self._trainer):
+            return True
+        if self.nonfinite == "raise":
+            check_finite(loss, what=what, step=step, batch_idx=batch_idx, force=True)
+        self.skipped_steps += 1
+        rank_zero_warn(f"{what} is not finite at global step {step}; its update is skipped (nonfinite=skip)")
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        return False
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

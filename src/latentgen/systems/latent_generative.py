@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -20,8 +21,9 @@ from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.conditioning.base import Conditioner, Conditioning
 from latentgen.errors import ConfigError
 from latentgen.generative.guidance import CFGModelFn
-from latentgen.systems.common import check_finite
+from latentgen.systems.common import check_finite, check_nonfinite_policy, finite_on_all_ranks
 from latentgen.systems.ema import EMA
+from latentgen.systems.randomness import draw_sample_noise
 
 
 class LatentGenerativeSystem(L.LightningModule):
@@ -41,7 +43,14 @@ class LatentGenerativeSystem(L.LightningModule):
         guidance_scale: float = 1.0,
         sample_posterior: bool = True,
         image_size: int | None = None,
+        seed: int = 0,
+        nonfinite: str = "raise",
+        compile: bool = False,
     ) -> None:
+        """``seed`` seeds the per-sample training noise (:mod:`latentgen.systems.randomness`);
+        ``nonfinite``: "raise" stops at a NaN/Inf loss, "skip" skips that optimizer step;
+        ``compile``: ``torch.compile`` the denoiser for training (its state_dict keys do not change and
+        the EMA copy stays an uncompiled module)."""
         super().__init__()
         self.first_stage = first_stage.eval().requires_grad_(False)
         self.denoiser = denoiser
@@ -61,6 +70,11 @@ class LatentGenerativeSystem(L.LightningModule):
         self.check_guidance(self.guidance_scale)
         # EMA of everything that is trained (never of the frozen first stage).
         self.ema = EMA(self.trainable, decay=ema_decay, warmup=ema_warmup)
+        self.seed = int(seed)
+        self.nonfinite = check_nonfinite_policy(nonfinite)
+        self.compile_denoiser = bool(compile)
+        self.skipped_steps = 0
+        self._skipped = False  # the last training batch was skipped (non-finite loss)
         self.val_loss = MeanMetric()
         self.val_loss_ema = MeanMetric()
 
@@ -102,17 +116,74 @@ class LatentGenerativeSystem(L.LightningModule):
         return self.objective.loss(lambda x_t, t: denoiser(x_t, t, cond), z, generator=generator)
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        z = self.encode(batch)
-        loss, log = self._loss(self.trainable, batch, z)
-        check_finite(loss, what="latent model loss", step=self.global_step, batch_idx=batch_idx)
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.compile_denoiser and getattr(self.denoiser, "_compiled_call_impl", None) is None:
+            # In place (nn.Module.compile): parameter names and the EMA's uncompiled copy are unchanged.
+            # Static shapes: training shapes are fixed (a new batch size compiles one more graph), and
+            # inductor's symbolic shapes failed on the mid-size UNet on CPU (torch 2.14).
+            self.denoiser.compile(dynamic=False)
+
+    def _batch_count(self) -> int:
+        """Batches trained so far (not optimizer steps: micro-batches of an accumulation differ)."""
+        trainer = self._trainer
+        return int(trainer.fit_loop.total_batch_idx) if trainer is not None else int(self.global_step)
+
+    @torch.no_grad()
+    def training_latents_and_noise(self, batch: dict[str, Any]):
+        """Latents of the batch (posterior samples when ``sample_posterior``) and their per-sample noise.
+
+        The noise of a sample depends only on (seed, batch count, its position in the global batch,
+        the global batch size): see :mod:`latentgen.systems.randomness`.
+        """
+        fs = self.first_stage
+        h = batch["latent_raw"] if "latent_raw" in batch else fs.encode_raw(batch["image"])  # regularizer input
+        b = h.shape[0]
+        reg = fs.regularizer
+        shape = tuple(self.latent_shape) if self.latent_shape is not None else (fs.latent_channels, *h.shape[2:])
+        noise = draw_sample_noise(
+            seed=self.seed,
+            step=self._batch_count(),
+            rank=self.global_rank,  # contiguous sharding: rank r holds positions r*b .. r*b+b-1
+            world_size=self._trainer.world_size if self._trainer is not None else 1,
+            batch_size=b,
+            latent_shape=shape,
+            time_sampler=self.objective.time_sampler,
+            offset_noise=self.objective.offset_noise,
+            device=h.device,
+        )
+        if self.sample_posterior and hasattr(reg, "moments"):  # KL: reparameterized posterior sample
+            mean, logvar = reg.moments(h)  # (B, C, h, w) each, float32
+            z = (mean + torch.exp(0.5 * logvar) * noise.posterior).to(h.dtype)
+        else:
+            z = reg.latent(h, sample=False)
+        return fs.scale_latent(z), noise
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        z, noise = self.training_latents_and_noise(batch)
+        conditioner, denoiser = self.conditioner, self.denoiser
+        drop = noise.drop_u < conditioner.drop_prob if conditioner.drop_prob > 0 else None  # (B,) per-sample CFG dropout
+        cond = conditioner.encode(batch, drop)
+        loss, log = self.objective.loss(lambda x_t, t: denoiser(x_t, t, cond), z, noise=noise.noise, t=noise.t)
+        if not finite_on_all_ranks(loss, self._trainer):
+            if self.nonfinite == "raise":
+                check_finite(loss, what="latent model loss", step=self.global_step, batch_idx=batch_idx, force=True)
+            self.skipped_steps += 1
+            self._skipped = True
+            rank_zero_warn(f"latent model loss is not finite at global step {self.global_step}; skipped (nonfinite=skip)")
+            self.log("train/skipped_steps", float(self.skipped_steps))
+            return None  # Lightning skips backward and the optimizer step
+        self._skipped = False
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in log.items() if k != "loss"})
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Called after the optimizer step (and only after a real step under gradient accumulation).
-        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # Lightning calls this once per optimizer step (after the last micro-batch of an accumulation).
+        # The EMA is updated here, not in on_train_batch_end: callbacks' on_train_batch_end (the
+        # ModelCheckpoint) run before the module's, so a checkpoint would hold an EMA one step behind
+        # its weights, and a resumed run would lose that update.
+        super().optimizer_step(*args, **kwargs)
+        if not self._skipped:
             self.ema.update(self.trainable)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -175,9 +246,18 @@ class LatentGenerativeSystem(L.LightningModule):
 
     @torch.no_grad()
     def image_grid(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Samples for a fixed batch (its labels/captions) from fixed noise, with the EMA weights."""
+        """Samples for a fixed batch (its labels/captions) from fixed noise, with the EMA weights.
+
+        When the conditioner can show its condition as an image (``visualize(batch)``: low-res input,
+        masked image, semantic map), each cell is ``input | output`` side by side: (B, C, H, k*W + W).
+        """
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        return self.sample(batch, generator=generator)
+        samples = self.sample(batch, generator=generator)
+        visualize = getattr(self.conditioner, "visualize", None)
+        inputs = visualize(batch) if visualize is not None else None  # (B, C, H, k*W) in [-1, 1] or None
+        if inputs is None:
+            return samples
+        return torch.cat([inputs.to(samples), samples], dim=-1)  # (B, C, H, k*W + W): input | output
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
