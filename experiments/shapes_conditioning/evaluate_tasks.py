@@ -167,7 +167,8 @@ def inpaint(args) -> None:
     composite = cond.paste_known(samples, batch, mask)
     grey = batch["image"] * (1 - mask)  # the hole left at mid grey: what the model is given
     results = {
-        "n": args.n, "steps": args.steps, "sampling_seconds": seconds, "lpips": "ST-LPIPS (alex), composite vs original",
+        "n": args.n, "steps": args.steps, "sampling_seconds": seconds,
+        "lpips": "ST-LPIPS (alex), composite vs original",
         "model_raw": inpainting_metrics(samples, batch["image"], mask, lp),
         "model_composite": inpainting_metrics(composite, batch["image"], mask, lp),
         "baseline_grey_hole": inpainting_metrics(grey, batch["image"], mask, lp),
@@ -236,7 +237,8 @@ def semantic(args) -> None:
     vis = cond.visualize(batch)
     rows = [(f"val {i}", [vis[i], samples[i], batch["image"][i]]) for i in range(12)]
     pairs = [(f"{rows[i][0]} / {rows[i + 6][0]}", rows[i][1] + rows[i + 6][1]) for i in range(6)]
-    labelled_grid(pairs, scale=3, label_width=80, header=["map", "output", "original"] * 2).save(HERE / "semantic_grid.png")
+    header = ["map", "output", "original"] * 2
+    labelled_grid(pairs, scale=3, label_width=80, header=header).save(HERE / "semantic_grid.png")
 
 
 def main() -> None:

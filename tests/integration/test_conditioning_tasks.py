@@ -19,7 +19,8 @@ from tests.helpers import FAST, compose_config
 TINY = [
     "data.batch_size=8", "data.resolution=16", "trainer.limit_val_batches=1", "num_grid_samples=4",
     "autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny", "perceptual=none",
-    "denoiser=unet_tiny", "sampler.steps=3", "first_stage.trainer.max_steps=4", "first_stage.trainer.val_check_interval=4",
+    "denoiser=unet_tiny", "sampler.steps=3",
+    "first_stage.trainer.max_steps=4", "first_stage.trainer.val_check_interval=4",
     "trainer.max_steps=4", "trainer.val_check_interval=4", "sample_every_n_steps=0",
     "callbacks.model_checkpoint.every_n_train_steps=4",
 ]  # fmt: skip
@@ -77,5 +78,6 @@ def test_frozen_minilm_text_model_trains_and_reloads_without_saving_the_encoder(
     system, stored = load_system_from_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
     assert stored.conditioner._target_.endswith("PretrainedTextConditioner")
     assert not [k for k in system.state_dict() if "conditioner" in k]  # the frozen encoder is read from its dir
-    out = system.sample(batch_from_prompts("a small red ring at the center", 2), generator=torch.Generator().manual_seed(0))
+    batch = batch_from_prompts("a small red ring at the center", 2)
+    out = system.sample(batch, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()

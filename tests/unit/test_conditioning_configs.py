@@ -13,6 +13,7 @@ from tests.helpers import compose_config, group_options
 
 EXPERIMENTS = group_options("experiment")
 NEEDS_TRANSFORMERS = {"text_minilm"}
+CONDITIONERS = [o for o in group_options("conditioner") if not o.startswith("class") and o != "none"]
 
 
 def run_one_forward(cfg) -> None:
@@ -24,7 +25,8 @@ def run_one_forward(cfg) -> None:
         cond.set_first_stage(autoencoder)
     batch = instantiate(cfg.data).fixed_batch(2, split="val")
     c, h, w = autoencoder.latent_shape(int(cfg.data.resolution))
-    assert denoiser.in_channels == c + cond.concat_channels == cfg.autoencoder.latent_channels + cfg.conditioner.concat_channels
+    assert denoiser.in_channels == c + cond.concat_channels
+    assert denoiser.in_channels == cfg.autoencoder.latent_channels + cfg.conditioner.concat_channels
     cond.eval()
     out = cond(batch)
     if out.concat is not None:
@@ -48,7 +50,7 @@ def test_every_experiment_wires_in_channels_from_its_conditioner(experiment):
     run_one_forward(cfg)
 
 
-@pytest.mark.parametrize("option", [o for o in group_options("conditioner") if not o.startswith("class") and o != "none"])
+@pytest.mark.parametrize("option", CONDITIONERS)
 def test_every_conditioner_option_runs_through_the_unet(option):
     if option in NEEDS_TRANSFORMERS:
         pytest.importorskip("transformers")
@@ -57,7 +59,8 @@ def test_every_conditioner_option_runs_through_the_unet(option):
 
 
 def test_unet_small_experiments_keep_their_architecture():
-    expected_in = {"shapes_text2img": 3, "shapes_inpaint": 7, "shapes_superres": 6, "shapes_semantic": 10}  # 7 = z + z + 1
+    # inpainting: z + z + 1 = 7; super-resolution: z + RGB = 6; semantic: z + 7 classes = 10
+    expected_in = {"shapes_text2img": 3, "shapes_inpaint": 7, "shapes_superres": 6, "shapes_semantic": 10}
     for name, in_channels in expected_in.items():
         cfg = compose_config([f"experiment={name}"])
         assert cfg.denoiser.ch == 64 and cfg.data.resolution == 32 and cfg.autoencoder.downsample_factor == 4

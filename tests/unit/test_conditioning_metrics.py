@@ -33,7 +33,8 @@ def test_parse_caption_inverts_the_dataset_captions():
     ds = ShapesDataset(split="val", num_val=20)
     for i in range(20):
         a = ds.attributes(i)
-        assert ds[i]["caption"] == caption_from_attributes(a["kind"], a["colour"], a["size"], a["position"], a["pattern"])
+        expected = caption_from_attributes(a["kind"], a["colour"], a["size"], a["position"], a["pattern"])
+        assert ds[i]["caption"] == expected
     assert parse_caption("A blue square") == {"colour": 2, "kind": 1}
     assert parse_caption("a red ring at the middle left and a small star at the top left")["position"] == 3
 

@@ -18,8 +18,10 @@ CAPTIONS = ["a red circle", "a blue square", "a white star", "a cyan ring"] * 2
 
 
 def parts(text_drop: float = 0.0, low_drop: float = 0.0) -> dict[str, Conditioner]:
-    text = TransformerTextConditioner(WordTokenizer(["a", "red", "blue", "white", "cyan", "circle", "square", "star", "ring"]),
-                                      width=16, depth=1, heads=2, max_length=6, drop_prob=text_drop, context_dim=16)  # fmt: skip
+    words = ["a", "red", "blue", "white", "cyan", "circle", "square", "star", "ring"]
+    text = TransformerTextConditioner(
+        WordTokenizer(words), width=16, depth=1, heads=2, max_length=6, drop_prob=text_drop, context_dim=16
+    )
     low = LowResConditioner(factor=4, downsample_factor=4, image_channels=3, concat_channels=3, drop_prob=low_drop)
     return {"text": text, "low_res": low}
 

@@ -61,7 +61,10 @@ class AttributeClassifierNet(nn.Module):
         self.heads_spec = dict(heads)
         self.in_channels, self.resolution = in_channels, resolution
         self.trunk = nn.Sequential(
-            block(in_channels, width, 1), block(width, width, 2), block(width, 2 * width, 2), block(2 * width, 4 * width, 2)
+            block(in_channels, width, 1),  # R
+            block(width, width, 2),  # R/2
+            block(width, 2 * width, 2),  # R/4
+            block(2 * width, 4 * width, 2),  # R/8
         )
         side = resolution // 8
         self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * side * side, hidden), nn.SiLU(), nn.Dropout(0.1))
@@ -72,7 +75,8 @@ class AttributeClassifierNet(nn.Module):
         if x.shape[1] != self.in_channels:
             x = x.mean(1, keepdim=True).expand(-1, self.in_channels, -1, -1)  # grey <-> RGB
         if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False)
+            size = (self.resolution, self.resolution)
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         return x
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -233,7 +237,9 @@ def train_attribute_classifier(
     return net, meta
 
 
-def save_attribute_classifier(net: AttributeClassifierNet, meta: dict[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
+def save_attribute_classifier(
+    net: AttributeClassifierNet, meta: dict[str, Any], path: str | os.PathLike
+) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -275,7 +281,9 @@ def load_attribute_classifier(path: str | os.PathLike | None = None) -> Attribut
     try:
         net.load_state_dict(load_file(str(weights)))
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise CheckpointError(f"attribute classifier '{weights}' does not match its json ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"attribute classifier '{weights}' does not match its json ({type(e).__name__}: {e})"
+        ) from e
     net.meta = meta  # type: ignore[attr-defined]
     return net.eval()
 

@@ -34,7 +34,9 @@ from latentgen.conditioning.shared import SharedModule
 from latentgen.errors import ConfigError, DataError
 
 
-def draw_drop_mask(conditioner: Conditioner, batch: dict[str, Any], generator: torch.Generator | None) -> torch.Tensor | None:
+def draw_drop_mask(
+    conditioner: Conditioner, batch: dict[str, Any], generator: torch.Generator | None
+) -> torch.Tensor | None:
     """The per-sample CFG drop mask (B,) of ``Conditioner.forward``: True = null condition; None when off."""
     if not (conditioner.training and conditioner.drop_prob > 0):
         return None
@@ -68,13 +70,17 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> tor
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrink and mode in ("bilinear", "bicubic"))
+    antialias = shrink and mode in ("bilinear", "bicubic")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
 
 
-def _check_declared(name: str, concat_channels: int, context_dim: int | None, vector_dim: int | None, produced: int, why: str) -> None:
+def _check_declared(
+    name: str, concat_channels: int, context_dim: int | None, vector_dim: int | None, produced: int, why: str
+) -> None:
     if int(concat_channels) != produced or context_dim is not None or vector_dim is not None:
         raise ConfigError(
-            f"conditioner={name}: concat_channels/context_dim/vector_dim = {concat_channels}/{context_dim}/{vector_dim} "
+            f"conditioner={name}: concat_channels/context_dim/vector_dim = "
+            f"{concat_channels}/{context_dim}/{vector_dim} "
             f"but it produces {produced}/null/null ({why})"
         )
 
@@ -159,7 +165,9 @@ class LowResConditioner(_FirstStageUser, Conditioner):
         image = read_images(batch, "conditioner=superres")
         h, w = image.shape[-2:]
         if h % self.factor or w % self.factor:
-            raise DataError(f"conditioner=superres: image size {h}x{w} is not divisible by conditioner.factor={self.factor}")
+            raise DataError(
+                f"conditioner=superres: image size {h}x{w} is not divisible by conditioner.factor={self.factor}"
+            )
         return resize(image, (h // self.factor, w // self.factor)).clamp(-1, 1)  # (B, C, H/s, W/s)
 
     def _full_size(self, batch: dict[str, Any], low: torch.Tensor) -> tuple[int, int]:
@@ -255,7 +263,9 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
         """(1 - m) * x: the known pixels, 0 (mid grey) in the hole. (B, C, H, W)."""
         return read_images(batch, "conditioner=inpaint") * (1.0 - mask)
 
-    def condition(self, batch: dict[str, Any], drop_mask: torch.Tensor | None, generator: torch.Generator | None = None) -> Conditioning:
+    def condition(
+        self, batch: dict[str, Any], drop_mask: torch.Tensor | None, generator: torch.Generator | None = None
+    ) -> Conditioning:
         mask = self.mask_for(batch, generator)  # (B, 1, H, W)
         z = self.encode_first_stage(self.masked_image(batch, mask))  # (B, C_lat, h, w)
         m_lat = F.interpolate(mask, size=z.shape[-2:], mode="area")  # (B, 1, h, w): missing fraction
@@ -279,7 +289,9 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
             img = img * (1 - edge) + red * edge
         return img
 
-    def paste_known(self, samples: torch.Tensor, batch: dict[str, Any], mask: torch.Tensor | None = None) -> torch.Tensor:
+    def paste_known(
+        self, samples: torch.Tensor, batch: dict[str, Any], mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Samples with the known pixels of ``batch["image"]`` put back: m * samples + (1 - m) * image."""
         mask = self.mask_for(batch, training=False) if mask is None else mask
         return mask * samples + (1.0 - mask) * read_images(batch, "conditioner=inpaint")
@@ -345,7 +357,8 @@ class SemanticMapConditioner(Conditioner):
             raise DataError(f"batch['mask'] must be (B, H, W), got shape {tuple(seg.shape)}")
         if seg.numel() and (seg.min() < 0 or seg.max() >= self.num_classes):
             raise DataError(
-                f"segmentation label out of range [0, {self.num_classes}) (conditioner.num_classes={self.num_classes}): "
+                f"segmentation label out of range [0, {self.num_classes}) "
+                f"(conditioner.num_classes={self.num_classes}): "
                 f"got min {int(seg.min())}, max {int(seg.max())}"
             )
         return seg

@@ -28,7 +28,9 @@ def _pixel_centres(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ys[:, None], xs[None, :]  # (H, 1), (1, W)
 
 
-def box_mask(size: tuple[int, int], generator: torch.Generator | None, min_side: float = 0.25, max_side: float = 0.6) -> torch.Tensor:
+def box_mask(
+    size: tuple[int, int], generator: torch.Generator | None, min_side: float = 0.25, max_side: float = 0.6
+) -> torch.Tensor:
     """One axis-aligned rectangle with sides in [min_side, max_side] of the image side: (1, H, W)."""
     h, w = size
     bh, bw = _uniform(min_side, max_side, generator, (2,)).tolist()

@@ -93,7 +93,9 @@ class MultiConditioner(Conditioner):
             raise ConfigError(f"conditioner.parts give context tokens of different widths {ctx}: make them equal")
         vec = {n: p.vector_dim for n, p in self.parts.items() if getattr(p, "vector_dim", None)}
         if self.vector_merge == "sum" and len(set(vec.values())) > 1:
-            raise ConfigError(f"conditioner.vector_merge=sum needs equal vector widths, got {vec}; use vector_merge=cat")
+            raise ConfigError(
+                f"conditioner.vector_merge=sum needs equal vector widths, got {vec}; use vector_merge=cat"
+            )
         vector = (sum(vec.values()) if self.vector_merge == "cat" else next(iter(vec.values()))) if vec else None
         return concat, (next(iter(ctx.values())) if ctx else None), vector
 
@@ -103,12 +105,15 @@ class MultiConditioner(Conditioner):
                 p.set_first_stage(first_stage)
 
     @staticmethod
-    def _part_condition(part: Conditioner, batch: dict[str, Any], drop_mask: torch.Tensor | None, generator: torch.Generator | None) -> Conditioning:
+    def _part_condition(
+        part: Conditioner, batch: dict[str, Any], drop_mask: torch.Tensor | None, generator: torch.Generator | None
+    ) -> Conditioning:
         condition = getattr(part, "condition", None)
         return condition(batch, drop_mask, generator) if condition is not None else part.encode(batch, drop_mask)
 
     def encode(self, batch: dict[str, Any], drop_mask: torch.Tensor | None) -> Conditioning:
-        return merge_conditionings([self._part_condition(p, batch, drop_mask, None) for p in self.parts.values()], self.vector_merge)
+        parts = [self._part_condition(p, batch, drop_mask, None) for p in self.parts.values()]
+        return merge_conditionings(parts, self.vector_merge)
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Conditioning:
         if self.shared_drop:

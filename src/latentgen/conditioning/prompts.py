@@ -35,8 +35,9 @@ def check_prompt_supported(conditioner: Any) -> None:
     if not getattr(conditioner, "accepts_prompts", False):
         raise ConfigError(
             f"prompt=... needs a text-conditioned model, but this checkpoint's conditioner is {name} "
-            f"(it reads {list(getattr(conditioner, 'input_keys', ('label',) if 'Class' in name else ()))} from a batch, "
-            "not captions). Train one with conditioner=text (e.g. python train.py experiment=shapes_text2img), "
+            f"(it reads {list(getattr(conditioner, 'input_keys', ('label',) if 'Class' in name else ()))} "
+            "from a batch, not captions). Train one with conditioner=text (e.g. python train.py "
+            "experiment=shapes_text2img), "
             "or leave prompt= out."
         )
     others = [k for k in getattr(conditioner, "input_keys", ("caption",)) if k != "caption"]

@@ -24,7 +24,9 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 def _check(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape or a.dim() != 4:
-        raise DataError(f"task metrics need two (B, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise DataError(
+            f"task metrics need two (B, C, H, W) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
 
 
 def region_l1(pred: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:

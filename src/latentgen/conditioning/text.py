@@ -57,12 +57,15 @@ def drop_captions(captions: list[str], drop_mask: torch.Tensor | None) -> list[s
     return [NULL_PROMPT if d else c for c, d in zip(captions, drop_mask.tolist())]
 
 
-def _check_dims(name: str, concat_channels: int, context_dim: int | None, vector_dim: int | None, width: int, pooled: bool) -> None:
+def _check_dims(
+    name: str, concat_channels: int, context_dim: int | None, vector_dim: int | None, width: int, pooled: bool
+) -> None:
     expected = (0, width, width if pooled else None)
     if (concat_channels or 0, context_dim, vector_dim) != expected:
         raise ConfigError(
-            f"conditioner={name}: concat_channels/context_dim/vector_dim = {concat_channels}/{context_dim}/{vector_dim} "
-            f"do not match the encoder (width {width}, pooled={pooled}): expected {expected[0]}/{expected[1]}/{expected[2]}"
+            f"conditioner={name}: concat_channels/context_dim/vector_dim = "
+            f"{concat_channels}/{context_dim}/{vector_dim} do not match the encoder (width {width}, "
+            f"pooled={pooled}): expected {expected[0]}/{expected[1]}/{expected[2]}"
         )
 
 

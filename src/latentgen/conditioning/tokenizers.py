@@ -74,7 +74,9 @@ class WordTokenizer(Tokenizer):
     def __init__(self, vocab: Sequence[str]) -> None:
         words = [str(w).lower() for w in vocab]
         if not words:
-            raise ConfigError("WordTokenizer: conditioner.tokenizer.vocab is empty; list the words or build it from captions")
+            raise ConfigError(
+                "WordTokenizer: conditioner.tokenizer.vocab is empty; list the words or build it from captions"
+            )
         dup = sorted({w for w in words if words.count(w) > 1})
         if dup:
             raise ConfigError(f"WordTokenizer: conditioner.tokenizer.vocab has duplicates {dup}")
