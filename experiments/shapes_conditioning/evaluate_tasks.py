@@ -82,6 +82,9 @@ def val_batch(stored, n: int) -> dict:
     return datamodule.fixed_batch(n, split="val")
 
 
+SAMPLER = None  # None: the checkpoint's sampler; --sampler ddpm|ddim replaces it
+
+
 def sample_all(system, batch: dict, steps: int, scale: float, seed: int = 0, chunk: int = 64) -> torch.Tensor:
     """Samples for every row of ``batch`` in chunks; chunk i uses generator seed ``seed + i`` (fixed noise)."""
     n = len(next(v for v in batch.values() if isinstance(v, (list, torch.Tensor))))
@@ -89,8 +92,12 @@ def sample_all(system, batch: dict, steps: int, scale: float, seed: int = 0, chu
     for i, start in enumerate(range(0, n, chunk)):
         part = {k: v[start : start + chunk] for k, v in batch.items() if isinstance(v, (list, torch.Tensor))}
         g = torch.Generator().manual_seed(seed + i)
-        outs.append(system.sample(part, generator=g, steps=steps, guidance_scale=scale))
+        outs.append(system.sample(part, generator=g, steps=steps, guidance_scale=scale, sampler=SAMPLER))
     return torch.cat(outs)
+
+
+def sampler_name(system) -> str:
+    return type(SAMPLER or system.sampler).__name__
 
 
 def reconstruct(system, images: torch.Tensor) -> torch.Tensor:
@@ -115,7 +122,8 @@ def text2img(args) -> None:
     clf = load_attribute_classifier(args.classifier)
     real = val_batch(stored, args.n)
     prompts = list(real["caption"])
-    results: dict = {"n": len(prompts), "steps": args.steps, "classifier_val_accuracy": clf.meta["val_accuracy"]}
+    results: dict = {"n": len(prompts), "steps": args.steps, "classifier_val_accuracy": clf.meta["val_accuracy"],
+                     "sampler": sampler_name(system)}
     # references: real val images with their own captions (classifier ceiling), through the autoencoder,
     # and with the captions shuffled (chance for this prompt distribution)
     results["real_images"] = attribute_alignment(clf, real["image"], prompts)
@@ -167,7 +175,7 @@ def inpaint(args) -> None:
     composite = cond.paste_known(samples, batch, mask)
     grey = batch["image"] * (1 - mask)  # the hole left at mid grey: what the model is given
     results = {
-        "n": args.n, "steps": args.steps, "sampling_seconds": seconds,
+        "n": args.n, "steps": args.steps, "sampling_seconds": seconds, "sampler": sampler_name(system),
         "lpips": "ST-LPIPS (alex), composite vs original",
         "model_raw": inpainting_metrics(samples, batch["image"], mask, lp),
         "model_composite": inpainting_metrics(composite, batch["image"], mask, lp),
@@ -194,7 +202,8 @@ def superres(args) -> None:
     seconds = time.perf_counter() - t0
     bicubic = cond.bicubic_baseline(batch)
     results = {
-        "n": args.n, "steps": args.steps, "sampling_seconds": seconds, "factor": cond.factor,
+        "n": args.n, "steps": args.steps, "sampling_seconds": seconds, "sampler": sampler_name(system),
+        "factor": cond.factor,
         "model": superres_metrics(samples, batch["image"]),
         "baseline_bicubic": superres_metrics(bicubic, batch["image"]),
         "ae_reconstruction": superres_metrics(reconstruct(system, batch["image"]), batch["image"]),
@@ -229,7 +238,7 @@ def semantic(args) -> None:
     # the layout (kind, size, position) is in the map; colour and pattern are not, so they are not scored
     shuffled = torch.randperm(args.n, generator=torch.Generator().manual_seed(0))
     results = {
-        "n": args.n, "steps": args.steps, "sampling_seconds": seconds,
+        "n": args.n, "steps": args.steps, "sampling_seconds": seconds, "sampler": sampler_name(system),
         "model": agreement(samples), "real_images": agreement(batch["image"]),
         "real_images_other_maps": agreement(batch["image"][shuffled]),
     }  # fmt: skip
@@ -249,7 +258,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the checkpoint's")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta with --sampler ddim")
     args = parser.parse_args()
+    global SAMPLER
+    from latentgen.generative.samplers import DDIMSampler, DDPMSampler
+
+    if args.sampler == "ddpm":
+        SAMPLER = DDPMSampler(steps=args.steps)
+    elif args.sampler == "ddim":
+        SAMPLER = DDIMSampler(steps=args.steps, eta=args.eta)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     {"text2img": text2img, "inpaint": inpaint, "superres": superres, "semantic": semantic}[args.task](args)
 
