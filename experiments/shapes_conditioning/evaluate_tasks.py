@@ -155,19 +155,14 @@ def text2img(args) -> None:
 
 
 def inpaint(args) -> None:
-    from latentgen.autoencoders.perceptual import ShiftTolerantLPIPS
     from latentgen.conditioning.task_metrics import inpainting_metrics
 
+    lp = st_lpips()
     system, stored = load(args.run_dir)
     cond = system.ema.shadow["conditioner"].eval()
     batch = val_batch(stored, args.n)
     mask = cond.mask_for(batch)  # the fixed eval masks the sampler also uses
     batch = dict(batch, inpaint_mask=mask)
-    lpips = ShiftTolerantLPIPS(net="alex").eval()
-
-    def lp(a, b):
-        with torch.no_grad():
-            return lpips(a, b).reshape(-1)
 
     t0 = time.perf_counter()
     samples = sample_all(system, batch, args.steps, 1.0)
@@ -191,9 +186,23 @@ def inpaint(args) -> None:
     )
 
 
+def st_lpips():
+    """ST-LPIPS (alex): the perceptual distance that runs offline (see conf/perceptual/stlpips.yaml)."""
+    from latentgen.autoencoders.perceptual import ShiftTolerantLPIPS
+
+    net = ShiftTolerantLPIPS(net="alex").eval()
+
+    def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net(a, b).reshape(-1)  # (B,)
+
+    return distance
+
+
 def superres(args) -> None:
     from latentgen.conditioning.task_metrics import superres_metrics
 
+    lp = st_lpips()
     system, stored = load(args.run_dir)
     cond = system.ema.shadow["conditioner"].eval()
     batch = val_batch(stored, args.n)
@@ -204,9 +213,10 @@ def superres(args) -> None:
     results = {
         "n": args.n, "steps": args.steps, "sampling_seconds": seconds, "sampler": sampler_name(system),
         "factor": cond.factor,
-        "model": superres_metrics(samples, batch["image"]),
-        "baseline_bicubic": superres_metrics(bicubic, batch["image"]),
-        "ae_reconstruction": superres_metrics(reconstruct(system, batch["image"]), batch["image"]),
+        "lpips": "ST-LPIPS (alex)",
+        "model": superres_metrics(samples, batch["image"], lp),
+        "baseline_bicubic": superres_metrics(bicubic, batch["image"], lp),
+        "ae_reconstruction": superres_metrics(reconstruct(system, batch["image"]), batch["image"], lp),
     }  # fmt: skip
     write("superres", results)
     vis = cond.visualize(batch)

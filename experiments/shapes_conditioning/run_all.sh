@@ -24,5 +24,6 @@ for task in text2img inpaint superres semantic; do
 done
 # 3. Metrics and grids (written beside this script).
 for task in text2img inpaint superres semantic; do
-    T eval_$task .venv/bin/python experiments/shapes_conditioning/evaluate_tasks.py $task $OUT/$task --classifier $CLF.safetensors
+    T eval_$task .venv/bin/python experiments/shapes_conditioning/evaluate_tasks.py $task $OUT/$task \
+        --classifier $CLF.safetensors --sampler ddpm --steps 100
 done

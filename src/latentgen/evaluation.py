@@ -63,6 +63,12 @@ def save_grid(images: torch.Tensor, path: Path) -> torch.Tensor:
     return grid
 
 
+def _nfe(system, steps: int | None) -> float:
+    """Network evaluations per sample of the system's sampler (NaN when adaptive)."""
+    n = system.sampler.nfe(steps) if hasattr(system.sampler, "nfe") else None
+    return float("nan") if n is None else float(n)
+
+
 # ---------------------------------------------------------------------------------------------- generator
 @torch.no_grad()
 def generator_metrics(
@@ -124,13 +130,12 @@ def generator_metrics(
         produced += images.shape[0]
     sampling_time = time.time() - start
     results = dict(gm.compute())
-    nfe = system.sampler.nfe(steps) if hasattr(system.sampler, "nfe") else None
     results.update(
         {
             "num_samples": float(produced),
             "num_reference": float(ref.features.shape[0]),
             "sampling_images_per_s": produced / max(sampling_time, 1e-9),
-            "nfe": float(nfe) if nfe is not None else float("nan"),
+            "nfe": _nfe(system, steps),
         }
     )
     return results, first
@@ -168,6 +173,38 @@ def autoencoder_metrics(system, datamodule, extractor, *, batch_size: int, num_s
     if use_lpips:
         results["lpips_network"] = perceptual.name
     return results, first
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+@torch.no_grad()
+def prompt_samples(system, cfg: DictConfig, device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:
+    """``prompt=...``: ``num_samples`` images per prompt (a string or a list), prompt-major.
+
+    With ``attribute_classifier=<path>`` (shapes models) the alignment of the samples with their
+    prompts is measured as in experiments/shapes_conditioning (attribute_alignment).
+    """
+    from latentgen.conditioning.prompts import batch_from_prompts, check_prompt_supported
+
+    check_prompt_supported(system.conditioner)
+    prompts = [cfg.prompt] if isinstance(cfg.prompt, str) else [str(p) for p in cfg.prompt]
+    captions = batch_from_prompts(prompts, int(cfg.num_samples))["caption"]
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    size = int(cfg.batch_size)
+    start = time.time()
+    chunks = [system.sample({"caption": captions[i : i + size]}, generator=gen).cpu() for i in range(0, len(captions), size)]
+    images = torch.cat(chunks)  # (P * num_samples, C, H, W)
+    results: dict[str, Any] = {
+        "sampling_images_per_s": images.shape[0] / max(time.time() - start, 1e-9),
+        "num_samples": float(images.shape[0]),
+        "nfe": _nfe(system, None),
+        "prompts": prompts,
+    }
+    if cfg.get("attribute_classifier"):
+        from latentgen.conditioning.attribute_classifier import attribute_alignment, load_attribute_classifier
+
+        classifier = load_attribute_classifier(cfg.attribute_classifier)
+        results.update(attribute_alignment(classifier, images, captions))
+    return results, images
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -209,6 +246,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         record["extractor"] = {"name": extractor.name, "weights": extractor.weights_label}
 
     if system.kind == "autoencoder":
+        if cfg.get("prompt") not in (None, "", []):
+            raise ConfigError(f"prompt=... needs a text-conditioned latent model; '{cfg.ckpt}' is an autoencoder")
         results, images = autoencoder_metrics(system, datamodule, extractor, batch_size=int(cfg.batch_size),
                                               num_samples=int(cfg.num_samples))
         record["num_samples"] = int(results.get("num_samples", 0))
@@ -221,7 +260,10 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
                 "guidance_scale": scale,
             }
         )
-        if extractor is None:
+        if cfg.get("prompt") not in (None, "", []):
+            results, images = prompt_samples(system, cfg, device)
+            record["prompts"] = results.pop("prompts")
+        elif extractor is None:
             # Without an extractor only samples (a grid) and the sampling speed are produced.
             gen = torch.Generator().manual_seed(int(cfg.seed))
             datamodule.setup("validate")

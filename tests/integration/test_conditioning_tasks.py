@@ -6,12 +6,17 @@ tiny first stage; then the checkpoints are reloaded and sampled from prompts / m
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from omegaconf import open_dict
 from PIL import Image
 
+from latentgen.conditioning.attribute_classifier import save_attribute_classifier, train_attribute_classifier
 from latentgen.conditioning.prompts import batch_from_prompts, check_prompt_supported
+from latentgen.data import ShapesDataset
+from latentgen.evaluation import run_evaluation
 from latentgen.errors import ConfigError
 from latentgen.run import load_system_from_checkpoint, train
 from tests.helpers import FAST, compose_config
@@ -52,6 +57,23 @@ def test_text_to_image_trains_and_samples_from_prompts(tmp_path, first_stage_cac
     b = system.sample(batch, generator=torch.Generator().manual_seed(0), guidance_scale=4.0)
     assert a.shape == (4, 3, 16, 16) and torch.equal(a, b)
 
+    # evaluate.py ckpt=... prompt=... num_samples=... guidance.scale=... attribute_classifier=...
+    small = {"num_train": 64, "num_val": 32}
+    clf, meta = train_attribute_classifier(ShapesDataset(split="train", **small), ShapesDataset(split="val", **small),
+                                           epochs=1, batch_size=32, width=8, hidden=16)
+    clf_path, _ = save_attribute_classifier(clf, meta, tmp_path / "clf" / "shapes_attributes")
+    prompts = "prompt=[a large blue square at the bottom right,a small red circle at the center]"
+    ev_dir = tmp_path / "eval"
+    cfg = compose_config([f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}", "logger=none", prompts, "num_samples=3",
+                          "batch_size=4", "guidance.scale=4", f"attribute_classifier={clf_path}"],
+                         config_name="evaluate", output_dir=str(ev_dir))
+    record = run_evaluation(cfg)
+    saved = json.loads((ev_dir / "metrics.json").read_text())
+    assert saved["prompts"] == ["a large blue square at the bottom right", "a small red circle at the center"]
+    assert saved["num_samples"] == 6 and saved["guidance_scale"] == 4.0 and (ev_dir / "samples.png").is_file()
+    assert saved["metrics"]["n"] == 6 and 0 <= saved["metrics"]["alignment"] <= 1
+    assert saved["metrics"]["alignment/colour"] == record["metrics"]["alignment/colour"]
+
 
 def test_inpainting_trains_and_its_grid_shows_input_output_pairs(tmp_path, first_stage_cache):
     cfg, metrics = run("shapes_inpaint", tmp_path, first_stage_cache)
@@ -62,6 +84,10 @@ def test_inpainting_trains_and_its_grid_shows_input_output_pairs(tmp_path, first
     system, _ = load_system_from_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
     with pytest.raises(ConfigError, match="text-conditioned"):
         check_prompt_supported(system.conditioner)
+    cfg = compose_config([f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}", "logger=none", "prompt=a red circle"],
+                         config_name="evaluate", output_dir=str(tmp_path / "eval"))
+    with pytest.raises(ConfigError, match="text-conditioned"):
+        run_evaluation(cfg)
     # the EMA copy of the reloaded system still shares the first stage
     assert system.ema.shadow["conditioner"]._first_stage.module is system.first_stage
     images = torch.rand(2, 3, 16, 16) * 2 - 1

@@ -87,5 +87,7 @@ def test_inpainting_and_superres_metrics():
     assert m["lpips_composite"] > 0 and m["mask_fraction"] == 0.5
     assert region_l1(x, x, mask).eq(0).all()
     s = superres_metrics(x, x)
-    assert s["psnr"] == pytest.approx(100) and s["ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert s["psnr"] == pytest.approx(100) and s["ssim"] == pytest.approx(1.0, abs=1e-4) and "lpips" not in s
+    s = superres_metrics(y, x, lambda a, b: (a - b).abs().flatten(1).mean(1))  # (B,) distances -> mean
+    assert s["lpips"] == pytest.approx(float((y - x).abs().mean()))
     assert psnr(x.clamp(-1, 0.9), x).mean() < 100

@@ -76,6 +76,13 @@ def inpainting_metrics(
     return out
 
 
-def superres_metrics(samples: torch.Tensor, high_res: torch.Tensor) -> dict[str, float]:
-    """PSNR (dB) and SSIM of the super-resolved samples against the high-res images (means)."""
-    return {"psnr": float(psnr(samples, high_res).mean()), "ssim": float(ssim(samples, high_res).mean())}
+def superres_metrics(
+    samples: torch.Tensor,
+    high_res: torch.Tensor,
+    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """PSNR (dB) and SSIM (and LPIPS with an ``(x, y) -> (B,)`` callable) against the high-res images (means)."""
+    out = {"psnr": float(psnr(samples, high_res).mean()), "ssim": float(ssim(samples, high_res).mean())}
+    if lpips is not None:
+        out["lpips"] = float(lpips(samples, high_res).reshape(-1).mean())
+    return out
