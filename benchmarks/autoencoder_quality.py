@@ -20,6 +20,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def st_lpips_of_reconstructions(ckpt: Path, batches: int) -> float | None:
+    """Mean ST-LPIPS (alex) of the val reconstructions of an autoencoder checkpoint (None without stlpips)."""
+    import torch
+
+    from latentgen.autoencoders.perceptual import ShiftTolerantLPIPS
+    from latentgen.errors import ConfigError
+    from latentgen.run import instantiate, load_system_from_checkpoint
+
+    try:
+        lpips = ShiftTolerantLPIPS(net="alex").eval()
+    except ConfigError:
+        return None
+    system, stored = load_system_from_checkpoint(str(ckpt))
+    system.eval()
+    dm = instantiate(stored.data)
+    dm.setup("validate")
+    values = []
+    with torch.no_grad():
+        for i, batch in enumerate(dm.val_dataloader()):
+            if i >= batches:
+                break
+            x = batch["image"]
+            values.append(lpips(x, system.reconstruct(x)).reshape(-1))  # (B,)
+    return float(torch.cat(values).mean())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1500)
@@ -61,6 +87,8 @@ def main() -> None:
             start = time.time()
             metrics = train(cfg)
             wall = time.time() - start
+            if metrics.get("val/lpips") is None:  # trained without a perceptual term: measure ST-LPIPS anyway
+                metrics["val/lpips"] = st_lpips_of_reconstructions(out_dir / "checkpoints" / "last.ckpt", batches=8)
             row = {
                 "autoencoder": ae,
                 "data": data,

@@ -245,7 +245,7 @@ def _fit_autoencoder(cfg: DictConfig, model_cfg: DictConfig, trainer_cfg: DictCo
     log.info("latent scale %.5f shift %.5f", float(scale), float(shift))
     if system.autoencoder.is_trainable:
         metrics = scalar_metrics(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
-        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # full state: resumable
     else:
         metrics = {}
     if trainer.is_global_zero:
@@ -380,7 +380,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     wall = time.time() - start
     metrics = scalar_metrics(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
     metrics.update({"train_wall_time_s": wall, "global_step": trainer.global_step})
-    trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state: resumable
     write_json(output_dir / "metrics.json", {"kind": system.kind, "metrics": metrics, "config": config_dict})
     return metrics
 

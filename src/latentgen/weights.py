@@ -78,3 +78,42 @@ def resolve_weights_file(
         f"{what}: weights file '{filename}' not found; latentgen never downloads weights at run time."
         f"{src} Get the file on a machine with internet, then {how}. Looked at: {'; '.join(tried) or 'nothing'}."
     )
+
+
+# ---------------------------------------------------------------------------------------------- small networks
+# The classifiers latentgen trains itself (FID features on embedded data, the shapes attribute
+# classifier) are stored as `<name>.safetensors` (tensors) + `<name>.json` (architecture, format tag,
+# training summary) side by side.
+
+
+def save_weights_with_meta(module, meta: dict, path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``module``'s state_dict to ``<path>.safetensors`` and ``meta`` to ``<path>.json``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
+    json_path = path.with_suffix(".json")
+    json_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return path, json_path
+
+
+def read_meta_beside(weights: Path, fmt: str, what: str, rerun: str) -> dict:
+    """The ``.json`` beside ``weights``, checked to carry ``format == fmt``; a named error otherwise."""
+    import json
+
+    from latentgen.errors import CheckpointError
+
+    json_path = Path(weights).with_suffix(".json")
+    if not json_path.is_file():
+        raise CheckpointError(
+            f"{what} '{weights}' has no '{json_path.name}' beside it (its architecture); re-run `{rerun}` to write both files"
+        )
+    meta = json.loads(json_path.read_text())
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"'{json_path}' is not a latentgen {what} (format={meta.get('format')!r})")
+    return meta

@@ -146,7 +146,7 @@ class PreemptionCheckpoint(L.Callback):
 
     def _save(self, trainer: L.Trainer, why: str) -> None:
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
         self.saved_path = path
         if trainer.is_global_zero:
             log.warning(

@@ -35,7 +35,7 @@ from torch import nn
 from latentgen.conditioning.tokenizers import split_words
 from latentgen.data.shapes import ATTRIBUTES, PATTERNS, POSITIONS
 from latentgen.errors import CheckpointError, DataError
-from latentgen.weights import resolve_weights_file
+from latentgen.weights import read_meta_beside, resolve_weights_file, save_weights_with_meta
 
 FORMAT = "latentgen-attribute-classifier-v1"
 #: The attributes the alignment score checks by default (pattern only counts when a prompt names it).
@@ -240,16 +240,8 @@ def train_attribute_classifier(
 def save_attribute_classifier(
     net: AttributeClassifierNet, meta: dict[str, Any], path: str | os.PathLike
 ) -> tuple[Path, Path]:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        path = path.with_name(path.name + ".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
-    json_path = path.with_suffix(".json")
-    json_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return path, json_path
+    """Write ``<path>.safetensors`` (weights) and ``<path>.json`` (``meta``: architecture, accuracy)."""
+    return save_weights_with_meta(net, meta, path)
 
 
 def load_attribute_classifier(path: str | os.PathLike | None = None) -> AttributeClassifierNet:
@@ -265,15 +257,9 @@ def load_attribute_classifier(path: str | os.PathLike | None = None) -> Attribut
         env_var="LATENTGEN_ATTRIBUTE_CLASSIFIER",
         search_torch_hub=False,
     )
-    json_path = weights.with_suffix(".json")
-    if not json_path.is_file():
-        raise CheckpointError(
-            f"attribute classifier '{weights}' has no '{json_path.name}' beside it; re-run "
-            "`python -m latentgen.conditioning.attribute_classifier --out ...` to write both files"
-        )
-    meta = json.loads(json_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"'{json_path}' is not a latentgen attribute classifier (format={meta.get('format')!r})")
+    meta = read_meta_beside(
+        weights, FORMAT, "attribute classifier", "python -m latentgen.conditioning.attribute_classifier --out ..."
+    )
     net = AttributeClassifierNet(
         {k: int(v) for k, v in meta["heads"].items()}, int(meta["in_channels"]), int(meta["resolution"]),
         int(meta["width"]), int(meta["hidden"]),

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import json
 import os
 import time
 import warnings
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentgen.errors import CheckpointError, ConfigError, DataError, WeightsNotFoundError
-from latentgen.weights import resolve_weights_file
+from latentgen.weights import read_meta_beside, resolve_weights_file, save_weights_with_meta
 
 __all__ = [
     "CLIPExtractor",
@@ -477,18 +476,7 @@ _CLASSIFIER_FORMAT = "latentgen-dataset-classifier-v1"
 
 def save_dataset_classifier(extractor: DatasetClassifierExtractor, path: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``<path>.safetensors`` (weights) and ``<path>.json`` (architecture, training summary)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        path = path.with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in extractor.net.state_dict().items()}
-    save_file(state, str(path))
-    meta = dict(extractor.meta, format=_CLASSIFIER_FORMAT)
-    json_path = path.with_suffix(".json")
-    json_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return path, json_path
+    return save_weights_with_meta(extractor.net, dict(extractor.meta, format=_CLASSIFIER_FORMAT), path)
 
 
 def load_dataset_classifier(path: str | os.PathLike) -> tuple[SmallClassifierNet, dict[str, Any]]:
@@ -496,15 +484,7 @@ def load_dataset_classifier(path: str | os.PathLike) -> tuple[SmallClassifierNet
     from safetensors.torch import load_file
 
     path = Path(path)
-    json_path = path.with_suffix(".json")
-    if not json_path.is_file():
-        raise CheckpointError(
-            f"dataset classifier '{path}' has no '{json_path.name}' beside it (architecture and dataset); "
-            "re-run `python -m latentgen.metrics.train_extractor` to write both files."
-        )
-    meta = json.loads(json_path.read_text())
-    if meta.get("format") != _CLASSIFIER_FORMAT:
-        raise CheckpointError(f"'{json_path}' is not a latentgen dataset classifier (format={meta.get('format')!r})")
+    meta = read_meta_beside(path, _CLASSIFIER_FORMAT, "dataset classifier", "python -m latentgen.metrics.train_extractor")
     net = SmallClassifierNet(
         int(meta["in_channels"]), int(meta["num_classes"]), int(meta["width"]), int(meta["feature_dim"])
     )
