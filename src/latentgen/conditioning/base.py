@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentgen.errors import ConfigError
+
 
 @dataclass
 class Conditioning:
@@ -90,6 +92,28 @@ class Conditioner(nn.Module):
             u = torch.rand(b, generator=generator, device="cpu").to(batch_device(batch))
             drop_mask = u < self.drop_prob  # (B,) True = use the null condition
         return self.encode(batch, drop_mask)
+
+
+def check_declared_dims(
+    name: str,
+    declared: tuple[int | None, int | None, int | None],
+    produced: tuple[int, int | None, int | None],
+    why: str,
+) -> None:
+    """The config declares ``(concat_channels, context_dim, vector_dim)`` so that the denoiser's
+    ``in_channels`` / ``context_dim`` / ``vector_dim`` can interpolate them; they must equal what the
+    conditioner really produces, or the denoiser would be built for another input."""
+    concat, context, vector = declared
+    if (int(concat or 0), context, vector) != tuple(produced):
+
+        def show(v):
+            return "null" if v is None else str(v)
+
+        raise ConfigError(
+            f"conditioner={name}: concat_channels/context_dim/vector_dim = "
+            f"{'/'.join(show(v) for v in declared)} but it produces {'/'.join(show(v) for v in produced)} ({why}). "
+            "Set them to what it produces (the experiment configs interpolate them)."
+        )
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentgen.conditioning.base import Conditioner, Conditioning
+from latentgen.conditioning.base import Conditioner, Conditioning, check_declared_dims
 from latentgen.errors import ConfigError, DataError
 
 
@@ -32,12 +32,10 @@ class ClassConditioner(Conditioner):
                 f"conditioner=class needs a dataset with labels: data.num_classes is {num_classes!r}. "
                 "Use data=digits or data=shapes, or data=folder data.labels_from_subfolders=true."
             )
-        expected = (embed_dim, None) if as_context else (None, embed_dim)
-        if (context_dim, vector_dim) != expected or concat_channels:
-            raise ConfigError(
-                f"conditioner.context_dim/vector_dim/concat_channels = {context_dim}/{vector_dim}/{concat_channels} "
-                f"do not match as_context={as_context} and embed_dim={embed_dim} (expected {expected[0]}/{expected[1]}/0)"
-            )
+        produced = (0, embed_dim, None) if as_context else (0, None, embed_dim)
+        check_declared_dims(
+            "class", (concat_channels, context_dim, vector_dim), produced, f"as_context={as_context}, embed_dim={embed_dim}"
+        )
         self.num_classes = int(num_classes)
         self.as_context = as_context
         self.concat_channels, self.context_dim, self.vector_dim = 0, context_dim, vector_dim

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentgen.conditioning.base import Conditioner, Conditioning, batch_size_of
+from latentgen.conditioning.base import Conditioner, Conditioning, batch_size_of, check_declared_dims
 from latentgen.conditioning.masks import MASK_KINDS, centre_box_masks, random_masks
 from latentgen.conditioning.shared import SharedModule
 from latentgen.errors import ConfigError, DataError
@@ -77,12 +77,7 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> tor
 def _check_declared(
     name: str, concat_channels: int, context_dim: int | None, vector_dim: int | None, produced: int, why: str
 ) -> None:
-    if int(concat_channels) != produced or context_dim is not None or vector_dim is not None:
-        raise ConfigError(
-            f"conditioner={name}: concat_channels/context_dim/vector_dim = "
-            f"{concat_channels}/{context_dim}/{vector_dim} "
-            f"but it produces {produced}/null/null ({why})"
-        )
+    check_declared_dims(name, (concat_channels, context_dim, vector_dim), (produced, None, None), why)
 
 
 class _FirstStageUser:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentgen.conditioning.base import Conditioner, Conditioning
+from latentgen.conditioning.base import Conditioner, Conditioning, check_declared_dims
 from latentgen.conditioning.concat import draw_drop_mask
 from latentgen.errors import ConfigError
 
@@ -76,11 +76,7 @@ class MultiConditioner(Conditioner):
         self.vector_merge = vector_merge
         self.parts = nn.ModuleDict(dict(parts.items()))
         produced = self._dims()
-        if (int(concat_channels or 0), context_dim, vector_dim) != produced:
-            raise ConfigError(
-                f"conditioner (multi): concat_channels/context_dim/vector_dim = {concat_channels}/{context_dim}/"
-                f"{vector_dim} but the parts give {produced[0]}/{produced[1]}/{produced[2]}"
-            )
+        check_declared_dims("multi", (concat_channels, context_dim, vector_dim), produced, "the sum of its parts")
         self.concat_channels, self.context_dim, self.vector_dim = produced
         self.is_conditional = any(p.is_conditional for p in self.parts.values())
         self.accepts_prompts = any(getattr(p, "accepts_prompts", False) for p in self.parts.values())

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentgen.conditioning.base import Conditioner, Conditioning
+from latentgen.conditioning.base import Conditioner, Conditioning, check_declared_dims
 from latentgen.conditioning.shared import SharedModule
 from latentgen.conditioning.tokenizers import Tokenizer
 from latentgen.errors import ConfigError, DataError, WeightsNotFoundError
@@ -60,13 +60,10 @@ def drop_captions(captions: list[str], drop_mask: torch.Tensor | None) -> list[s
 def _check_dims(
     name: str, concat_channels: int, context_dim: int | None, vector_dim: int | None, width: int, pooled: bool
 ) -> None:
-    expected = (0, width, width if pooled else None)
-    if (concat_channels or 0, context_dim, vector_dim) != expected:
-        raise ConfigError(
-            f"conditioner={name}: concat_channels/context_dim/vector_dim = "
-            f"{concat_channels}/{context_dim}/{vector_dim} do not match the encoder (width {width}, "
-            f"pooled={pooled}): expected {expected[0]}/{expected[1]}/{expected[2]}"
-        )
+    check_declared_dims(
+        name, (concat_channels, context_dim, vector_dim), (0, width, width if pooled else None),
+        f"encoder width {width}, pooled={pooled}",
+    )
 
 
 class _TextBlock(nn.Module):

