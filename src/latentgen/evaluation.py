@@ -102,6 +102,7 @@ def generator_metrics(
     key = ReferenceKey.create(
         dataset=dataset_config, split=split, resolution=datamodule.resolution, extractor=extractor, num_samples=num_real
     )
+    start = time.perf_counter()
     ref = reference_features(
         ReferenceCache(cache_dir) if cache_dir else None,
         key,
@@ -111,10 +112,11 @@ def generator_metrics(
         progress=progress,
     )
     gm.set_reference(ref.features.to(device))
+    seconds = {"reference": time.perf_counter() - start}  # ~0 when the reference features came from the cache
 
     gen = torch.Generator().manual_seed(seed)
     first = None
-    start = time.time()
+    seconds.update(sampling=0.0, fake_features=0.0)
     produced = 0
     batches = condition_batches(datamodule, split, batch_size, num_samples)
     if progress:
@@ -123,21 +125,28 @@ def generator_metrics(
         batches = track(batches, total=math.ceil(num_samples / batch_size), description=f"sampling {num_samples} images")
     for batch in batches:
         batch = _to_device(batch, device)
+        t0 = time.perf_counter()
         images = system.sample(batch, generator=gen, steps=steps, guidance_scale=guidance_scale)  # (b, C, H, W)
+        t1 = time.perf_counter()
         if first is None:
             first = images.cpu()
         gm.update(as_rgb(images), real=False)
+        seconds["sampling"] += t1 - t0
+        seconds["fake_features"] += time.perf_counter() - t1
         produced += images.shape[0]
-    sampling_time = time.time() - start
+    t0 = time.perf_counter()
     results = dict(gm.compute())
+    seconds["metrics"] = time.perf_counter() - t0
     results.update(
         {
             "num_samples": float(produced),
             "num_reference": float(ref.features.shape[0]),
-            "sampling_images_per_s": produced / max(sampling_time, 1e-9),
+            "sampling_images_per_s": produced / max(seconds["sampling"], 1e-9),
             "nfe": _nfe(system, steps),
         }
     )
+    # Wall seconds per phase: real features (or cache read), sampling, features of the samples, metric math.
+    results.update({f"seconds_{phase}": float(v) for phase, v in seconds.items()})
     return results, first
 
 
@@ -291,6 +300,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         record["nfe"] = results.get("nfe")
         record["num_samples"] = int(results.get("num_samples", 0))
     grid = save_grid(images, out_dir / "samples.png")
+    phases = {k.removeprefix("seconds_"): results.pop(k) for k in list(results) if k.startswith("seconds_")}
+    if phases:
+        record["seconds"] = phases  # wall time per phase of a generator evaluation
     record["metrics"] = results
     write_json(out_dir / "metrics.json", record)
     logger = build_logger(cfg.get("logger"), save_dir=str(out_dir)) if cfg.get("logger") else False

@@ -68,6 +68,8 @@ def test_basic_launcher_sweep_reports_skips_finished_jobs_and_survives_a_failure
         assert [e["step"] for e in history["evals"]] == [2, 4]
         assert [e["sampling_steps"] for e in history["final"]] == [2, 3]
         assert "fid" in history["evals"][0]["metrics"] and "coverage" in history["final"][0]["metrics"]
+        assert history["evals"][0]["seconds"]["sampling"] > 0  # phase times beside, not among, the metrics
+        assert not any(k.startswith("seconds") for k in history["evals"][0]["metrics"])
         assert history["reconstruction"]["metrics"]["psnr_mean"] > 0
         assert f"f={f}" in record["config"]["logger"]["tags"]
     assert _record(ok)["config"]["logger"]["group"] == "f_sweep-2026-01-01_00-00-00"

@@ -42,6 +42,13 @@ def test_evaluate_latent_model_with_swapped_sampler(trained_ldm, digits_classifi
     assert saved["metrics"]["fid"] > 0
     assert (tmp_path / "samples.png").is_file()
     assert record["metrics"]["fid"] == saved["metrics"]["fid"]
+    # Wall time per phase sits beside the metrics (not among them), and the sampling speed counts the
+    # sampler alone: feature extraction of the samples is its own phase.
+    phases = saved["seconds"]
+    assert set(phases) == {"reference", "sampling", "fake_features", "metrics"}
+    assert all(v >= 0 for v in phases.values()) and phases["sampling"] > 0
+    assert not any(k.startswith("seconds") for k in saved["metrics"])
+    assert saved["metrics"]["sampling_images_per_s"] == pytest.approx(24 / phases["sampling"], rel=1e-6)
 
 
 def test_evaluate_autoencoder_reports_reconstruction_metrics(trained_ldm, tmp_path):

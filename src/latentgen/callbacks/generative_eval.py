@@ -119,6 +119,7 @@ class GenerativeEvalCallback(L.Callback):
             "sampling_images_per_s": results.pop("sampling_images_per_s", None),
             "num_samples": int(results.pop("num_samples", 0)),
             "num_reference": int(results.pop("num_reference", 0)),
+            "seconds": {k.removeprefix("seconds_"): results.pop(k) for k in list(results) if k.startswith("seconds_")},
             "metrics": results,
             "wall_time_s": time.time() - self._fit_start,
             "eval_time_s": time.time() - t0,
