@@ -42,6 +42,19 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group; (0, 1) outside DDP."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def batch_generator(seed: int, index: int) -> torch.Generator:
+    """The noise of evaluation batch ``index``: one seed per batch, so that the samples are the same
+    whichever rank draws the batch and however many ranks there are."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index))
+
+
 def condition_batches(datamodule, split: str, batch_size: int, num_samples: int) -> Iterator[dict[str, Any]]:
     """Batches whose labels/captions/masks condition the samples: drawn from the real data, cycled."""
     loader = datamodule.val_dataloader() if split == "val" else datamodule.train_dataloader()
@@ -91,6 +104,13 @@ def generator_metrics(
 
     Returns (metrics, the first batch of samples in [-1, 1]). The real-data reference features are
     cached on disk, keyed by dataset config, split, resolution, extractor and sample count.
+
+    Under DDP every rank must call this (it is collective): rank r samples the condition batches
+    r, r + world, ... (batch i always with the noise of :func:`batch_generator`), the features are
+    gathered by :class:`GenerativeMetrics`, and every rank returns the same metrics, equal to a
+    one-process evaluation's. ``datamodule`` must not be the trainer's own (its loaders would be
+    sharded already): a detached one iterates the data in the same order on every rank. On a cache
+    miss every rank extracts the (identical) reference features itself.
     """
     from latentgen.metrics.feature_stats import GenerativeMetrics, ReferenceCache, ReferenceKey, reference_features
 
@@ -114,18 +134,21 @@ def generator_metrics(
     gm.set_reference(ref.features.to(device))
     seconds = {"reference": time.perf_counter() - start}  # ~0 when the reference features came from the cache
 
-    gen = torch.Generator().manual_seed(seed)
+    rank, world = rank_and_world()
     first = None
     seconds.update(sampling=0.0, fake_features=0.0)
     produced = 0
-    batches = condition_batches(datamodule, split, batch_size, num_samples)
-    if progress:
+    batches = enumerate(condition_batches(datamodule, split, batch_size, num_samples))
+    if progress and rank == 0:
         from rich.progress import track
 
         batches = track(batches, total=math.ceil(num_samples / batch_size), description=f"sampling {num_samples} images")
-    for batch in batches:
+    for index, batch in batches:
+        if index % world != rank:
+            continue
         batch = _to_device(batch, device)
         t0 = time.perf_counter()
+        gen = batch_generator(seed, index)
         images = system.sample(batch, generator=gen, steps=steps, guidance_scale=guidance_scale)  # (b, C, H, W)
         t1 = time.perf_counter()
         if first is None:
@@ -134,8 +157,12 @@ def generator_metrics(
         seconds["sampling"] += t1 - t0
         seconds["fake_features"] += time.perf_counter() - t1
         produced += images.shape[0]
+    if world > 1:  # the samples of all ranks
+        total = torch.tensor([float(produced)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)
+        produced = int(total.item())
     t0 = time.perf_counter()
-    results = dict(gm.compute())
+    results = dict(gm.compute())  # gathers the features of every rank
     seconds["metrics"] = time.perf_counter() - t0
     results.update(
         {

@@ -224,7 +224,10 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         gm.update_features(real[sl_r], real=True)
         gm.update_features(fake[sl_f], real=False, logits=logits[sl_f])
         rm.update(rec[sl_x], orig[sl_x])
-        res = {"gen": gm.compute(), "rec": rm.compute(), "gathered_real": gm.gathered_features(real=True).shape[0]}
+        rm_plain = ReconstructionMetrics()  # no LPIPS: its empty state must not survive the sync as NaN
+        rm_plain.update(rec[sl_x], orig[sl_x])
+        res = {"gen": gm.compute(), "rec": rm.compute(), "rec_plain": rm_plain.compute(),
+               "gathered_real": gm.gathered_features(real=True).shape[0]}
         torch.save(res, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -259,3 +262,6 @@ def test_ddp_two_gloo_processes_equal_single_process(tmp_path, start_method):
             assert res["gen"][k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
         for k, v in single_rec.items():
             assert res["rec"][k] == pytest.approx(v, rel=1e-6), k
+        assert set(res["rec_plain"]) == {"psnr_mean", "psnr_std", "ssim_mean", "ssim_std", "num_samples"}
+        assert res["rec_plain"]["num_samples"] == 9
+        assert res["rec_plain"]["psnr_mean"] == pytest.approx(single_rec["psnr_mean"], rel=1e-6)

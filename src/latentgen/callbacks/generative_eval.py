@@ -136,6 +136,7 @@ class GenerativeEvalCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(values, step=int(trainer.global_step))
 
+    @rank_zero_only
     def _save(self) -> None:
         self.history_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.history_file.with_name(f".{self.history_file.name}.tmp")
@@ -145,23 +146,26 @@ class GenerativeEvalCallback(L.Callback):
     @torch.no_grad()
     def reconstruction_metrics(self, pl_module) -> dict[str, float]:
         """PSNR / SSIM (/ LPIPS) / rFID of the frozen first stage on (up to num_samples of) the val split."""
-        from latentgen.evaluation import as_rgb
+        from latentgen.evaluation import as_rgb, rank_and_world
         from latentgen.metrics.feature_stats import GenerativeMetrics
         from latentgen.metrics.reconstruction import ReconstructionMetrics
 
         device = pl_module.device
+        rank, world = rank_and_world()
         rec = ReconstructionMetrics(lpips=self.lpips).to(device)
         rfid = GenerativeMetrics(self.extractor, metrics=["fid"]).to(device)
         self.datamodule.setup("validate")
         seen = 0
-        for batch in self.datamodule.val_dataloader():
-            x = batch["image"][: self.num_samples - seen].to(device)  # (B, C, H, W)
-            z = pl_module.first_stage.encode_scaled(x, sample=False)  # (B, c, h, w), the posterior mean
-            recon = pl_module.first_stage.decode_scaled(z).clamp(-1, 1)  # (B, C, H, W)
-            rec.update(recon, x)
-            rfid.update(as_rgb(x), real=True)
-            rfid.update(as_rgb(recon), real=False)
+        for index, batch in enumerate(self.datamodule.val_dataloader()):
+            x = batch["image"][: self.num_samples - seen]  # (B, C, H, W)
             seen += x.shape[0]
+            if index % world == rank:  # under DDP each rank takes its share of the batches; compute() gathers
+                x = x.to(device)
+                z = pl_module.first_stage.encode_scaled(x, sample=False)  # (B, c, h, w), the posterior mean
+                recon = pl_module.first_stage.decode_scaled(z).clamp(-1, 1)  # (B, C, H, W)
+                rec.update(recon, x)
+                rfid.update(as_rgb(x), real=True)
+                rfid.update(as_rgb(recon), real=False)
             if seen >= self.num_samples:
                 break
         out = {k: float(v) for k, v in rec.compute().items()}
@@ -183,7 +187,6 @@ class GenerativeEvalCallback(L.Callback):
             except (OSError, ValueError):
                 pass
 
-    @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and self.reconstruction and self.history.get("reconstruction") is None:
             t0 = time.time()
@@ -211,14 +214,12 @@ class GenerativeEvalCallback(L.Callback):
         self._done_steps.add(step)
         self._evaluate_milestone(trainer, pl_module)
 
-    @rank_zero_only
     def _evaluate_milestone(self, trainer, pl_module) -> None:
         entry = self._entry(trainer, pl_module, self.sampling_steps, "milestone")
         self.history["evals"].append(entry)
         self._log(trainer, entry, "eval")
         self._save()
 
-    @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self.eval_at_end and self.enabled):
             return

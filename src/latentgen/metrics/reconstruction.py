@@ -119,7 +119,10 @@ class ReconstructionMetrics(Metric):
             if isinstance(state, list) and len(state) == 0:
                 continue
             v = dim_zero_cat(state).double()  # (N,)
+            if v.numel() == 0:  # no LPIPS: after a DDP sync the empty list arrives as an empty tensor
+                continue
             out[f"{name}_mean"] = float(v.mean())
             out[f"{name}_std"] = float(v.std()) if v.numel() > 1 else 0.0
-            out["num_samples"] = float(v.numel())
+            if name == "psnr":
+                out["num_samples"] = float(v.numel())
         return out
