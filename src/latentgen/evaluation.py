@@ -189,18 +189,20 @@ def autoencoder_metrics(system, datamodule, extractor, *, batch_size: int, num_s
     use_lpips = perceptual is not None and getattr(perceptual, "name", "none") != "none"
     rec = ReconstructionMetrics(lpips=perceptual if use_lpips else None).to(system.device)
     rfid = GenerativeMetrics(extractor, metrics=["fid"]).to(system.device) if extractor is not None else None
+    rank, world = rank_and_world()
     first = None
     seen = 0
-    for batch in datamodule.val_dataloader():
+    for index, batch in enumerate(datamodule.val_dataloader()):
         x = batch["image"][: num_samples - seen].to(system.device)
-        recon = system.reconstruct(x)
-        if first is None:
-            first = torch.cat([x[:32], recon[:32]]).cpu()
-        rec.update(recon, x)
-        if rfid is not None:
-            rfid.update(as_rgb(x), real=True)
-            rfid.update(as_rgb(recon), real=False)
         seen += x.shape[0]
+        if index % world == rank:  # under DDP each rank takes its share of the batches; compute() gathers
+            recon = system.reconstruct(x)
+            if first is None:
+                first = torch.cat([x[:32], recon[:32]]).cpu()
+            rec.update(recon, x)
+            if rfid is not None:
+                rfid.update(as_rgb(x), real=True)
+                rfid.update(as_rgb(recon), real=False)
         if seen >= num_samples:
             break
     results = dict(rec.compute())
@@ -258,7 +260,33 @@ def _overrides(cfg: DictConfig) -> dict[str, Any]:
     return over
 
 
+def _join_torchrun(device: torch.device) -> tuple[torch.device, bool]:
+    """Under ``torchrun --nproc_per_node=N evaluate.py ...`` (WORLD_SIZE > 1 in the environment) join
+    the process group, one accelerator per local rank. Returns (device, whether we initialised it)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return device, False
+    if device.type != "cpu":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.accelerator.set_device_index(local_rank)
+        device = torch.device(device.type, local_rank)
+    torch.distributed.init_process_group(backend=torch.distributed.get_default_backend_for_device(device))
+    return device, True
+
+
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt``; with several processes (torchrun) every rank shares the work and rank 0 writes."""
+    device = default_device() if cfg.get("device", "auto") == "auto" else torch.device(cfg.device)
+    device, joined = _join_torchrun(device)
+    try:
+        return _run_evaluation(cfg, device)
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _run_evaluation(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     from latentgen.run import (
         build_logger,
         check_output_dir,
@@ -273,8 +301,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     out_dir = check_output_dir(cfg.paths.output_dir)
     system, stored = load_system_from_checkpoint(str(cfg.ckpt), _overrides(cfg))
-    device = default_device() if cfg.get("device", "auto") == "auto" else torch.device(cfg.device)
     system = system.to(device).eval()
+    rank, world = rank_and_world()
     datamodule = instantiate(stored.data)
     extractor = instantiate(cfg.extractor) if cfg.get("extractor") else None
     record: dict[str, Any] = {"kind": system.kind, "ckpt": str(cfg.ckpt), "device": str(device)}
@@ -297,8 +325,12 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             }
         )
         if cfg.get("prompt") not in (None, "", []):
+            if world > 1:
+                raise ConfigError("prompt=... samples in one process: run it without torchrun")
             results, images = prompt_samples(system, cfg, device)
             record["prompts"] = results.pop("prompts")
+        elif extractor is None and world > 1:
+            raise ConfigError("without an extractor evaluate.py only draws a grid: run it without torchrun")
         elif extractor is None:
             # Without an extractor only samples (a grid) and the sampling speed are produced.
             gen = torch.Generator().manual_seed(int(cfg.seed))
@@ -326,11 +358,15 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             )
         record["nfe"] = results.get("nfe")
         record["num_samples"] = int(results.get("num_samples", 0))
-    grid = save_grid(images, out_dir / "samples.png")
     phases = {k.removeprefix("seconds_"): results.pop(k) for k in list(results) if k.startswith("seconds_")}
     if phases:
         record["seconds"] = phases  # wall time per phase of a generator evaluation
     record["metrics"] = results
+    if world > 1:
+        record["world_size"] = world
+    if rank != 0:  # every rank holds the same numbers; rank 0 writes them
+        return record
+    grid = save_grid(images, out_dir / "samples.png")
     write_json(out_dir / "metrics.json", record)
     logger = build_logger(cfg.get("logger"), save_dir=str(out_dir)) if cfg.get("logger") else False
     if logger:

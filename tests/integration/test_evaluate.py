@@ -67,3 +67,31 @@ def test_a_file_that_is_not_a_latentgen_checkpoint_is_refused(tmp_path):
     torch.save({"state_dict": {}}, bogus)
     with pytest.raises(CheckpointError, match="not a latentgen checkpoint"):
         run_evaluation(_eval_cfg(tmp_path, bogus))
+
+
+def test_torchrun_with_two_processes_shares_the_sampling_and_equals_one_process(trained_ldm, digits_classifier, tmp_path):
+    """`torchrun --nproc_per_node=2 evaluate.py ...` (gloo on the CPU): each rank samples half of the
+    batches, rank 0 writes metrics.json, and the numbers equal a one-process evaluation's."""
+    import subprocess
+    import sys
+
+    from tests.e2e.test_cli import ROOT
+    from tests.resilience_support import cli_env
+
+    _, out, _, _ = trained_ldm
+    args = [f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "logger=none", "num_samples=24", "batch_size=8",
+            "sampler=euler", "sampler.steps=2", "extractor=dataset_classifier",
+            f"extractor.weights_path={digits_classifier}", "metrics=[fid,prc,density_coverage]"]  # fmt: skip
+    run_dir = tmp_path / "torchrun"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "evaluate.py", *args,
+         f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    two = json.loads((run_dir / "metrics.json").read_text())
+    assert two["world_size"] == 2 and two["num_samples"] == 24 and two["metrics"]["num_fake"] == 24
+    one = run_evaluation(compose_config([*args, f"paths.cache_dir={tmp_path / 'cache'}"], config_name="evaluate",
+                                        output_dir=str(tmp_path / "one")))  # fmt: skip
+    for key in ("fid", "precision", "recall", "density", "coverage"):
+        assert two["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-5, abs=1e-9), key
