@@ -193,9 +193,10 @@ def autoencoder_metrics(system, datamodule, extractor, *, batch_size: int, num_s
     first = None
     seen = 0
     for index, batch in enumerate(datamodule.val_dataloader()):
-        x = batch["image"][: num_samples - seen].to(system.device)
+        x = batch["image"][: num_samples - seen]  # (B, C, H, W)
         seen += x.shape[0]
         if index % world == rank:  # under DDP each rank takes its share of the batches; compute() gathers
+            x = x.to(system.device)
             recon = system.reconstruct(x)
             if first is None:
                 first = torch.cat([x[:32], recon[:32]]).cpu()
