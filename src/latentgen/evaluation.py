@@ -179,6 +179,32 @@ def generator_metrics(
 
 # ---------------------------------------------------------------------------------------------- autoencoder
 @torch.no_grad()
+def reconstruct_val_split(datamodule, reconstruct, rec, rfid, num_samples: int, device) -> torch.Tensor | None:
+    """Feed (up to ``num_samples`` of) the val split and ``reconstruct(x)`` of it into the metrics ``rec``
+    (ReconstructionMetrics) and ``rfid`` (GenerativeMetrics or None). Under DDP each rank takes batches
+    rank, rank + world, ...; the metrics gather them on compute(). Returns the first 32 originals and
+    their reconstructions (this rank's first batch), or None when this rank had no batch."""
+    rank, world = rank_and_world()
+    first = None
+    seen = 0
+    for index, batch in enumerate(datamodule.val_dataloader()):
+        x = batch["image"][: num_samples - seen]  # (B, C, H, W)
+        seen += x.shape[0]
+        if index % world == rank:
+            x = x.to(device)
+            recon = reconstruct(x)  # (B, C, H, W)
+            if first is None:
+                first = torch.cat([x[:32], recon[:32]]).cpu()  # (2 * min(B, 32), C, H, W)
+            rec.update(recon, x)
+            if rfid is not None:
+                rfid.update(as_rgb(x), real=True)
+                rfid.update(as_rgb(recon), real=False)
+        if seen >= num_samples:
+            break
+    return first
+
+
+@torch.no_grad()
 def autoencoder_metrics(system, datamodule, extractor, *, batch_size: int, num_samples: int, progress: bool = True):
     """PSNR / SSIM / LPIPS (mean and std) of reconstructions of the val split, and rFID with an extractor."""
     from latentgen.metrics.feature_stats import GenerativeMetrics
@@ -189,23 +215,7 @@ def autoencoder_metrics(system, datamodule, extractor, *, batch_size: int, num_s
     use_lpips = perceptual is not None and getattr(perceptual, "name", "none") != "none"
     rec = ReconstructionMetrics(lpips=perceptual if use_lpips else None).to(system.device)
     rfid = GenerativeMetrics(extractor, metrics=["fid"]).to(system.device) if extractor is not None else None
-    rank, world = rank_and_world()
-    first = None
-    seen = 0
-    for index, batch in enumerate(datamodule.val_dataloader()):
-        x = batch["image"][: num_samples - seen]  # (B, C, H, W)
-        seen += x.shape[0]
-        if index % world == rank:  # under DDP each rank takes its share of the batches; compute() gathers
-            x = x.to(system.device)
-            recon = system.reconstruct(x)
-            if first is None:
-                first = torch.cat([x[:32], recon[:32]]).cpu()
-            rec.update(recon, x)
-            if rfid is not None:
-                rfid.update(as_rgb(x), real=True)
-                rfid.update(as_rgb(recon), real=False)
-        if seen >= num_samples:
-            break
+    first = reconstruct_val_split(datamodule, system.reconstruct, rec, rfid, num_samples, system.device)
     results = dict(rec.compute())
     if rfid is not None:
         results["rfid"] = rfid.compute()["fid"]

@@ -7,15 +7,13 @@ coverage, as 1 process, and each rank does half the sampling.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
 from latentgen.evaluation import generator_metrics
 from latentgen.run import instantiate
 from tests.helpers import compose_config
-from tests.unit.test_metrics_feature_stats import TinyExtractor
+from tests.unit.test_metrics_feature_stats import TinyExtractor, _free_port
 
 METRICS = ["fid", "prc", "density_coverage"]
 NUM_SAMPLES, BATCH = 37, 8  # 5 batches, the last one partial: rank 0 draws 3, rank 1 draws 2
@@ -48,12 +46,6 @@ def _evaluate(system) -> dict:
         cache_dir=None, dataset_config={"name": "digits", "resolution": 16}, steps=2, seed=3, progress=False,
     )  # fmt: skip
     return results
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:

@@ -146,28 +146,19 @@ class GenerativeEvalCallback(L.Callback):
     @torch.no_grad()
     def reconstruction_metrics(self, pl_module) -> dict[str, float]:
         """PSNR / SSIM (/ LPIPS) / rFID of the frozen first stage on (up to num_samples of) the val split."""
-        from latentgen.evaluation import as_rgb, rank_and_world
+        from latentgen.evaluation import reconstruct_val_split
         from latentgen.metrics.feature_stats import GenerativeMetrics
         from latentgen.metrics.reconstruction import ReconstructionMetrics
 
+        def reconstruct(x: torch.Tensor) -> torch.Tensor:
+            z = pl_module.first_stage.encode_scaled(x, sample=False)  # (B, c, h, w), the posterior mean
+            return pl_module.first_stage.decode_scaled(z).clamp(-1, 1)  # (B, C, H, W)
+
         device = pl_module.device
-        rank, world = rank_and_world()
         rec = ReconstructionMetrics(lpips=self.lpips).to(device)
         rfid = GenerativeMetrics(self.extractor, metrics=["fid"]).to(device)
         self.datamodule.setup("validate")
-        seen = 0
-        for index, batch in enumerate(self.datamodule.val_dataloader()):
-            x = batch["image"][: self.num_samples - seen]  # (B, C, H, W)
-            seen += x.shape[0]
-            if index % world == rank:  # under DDP each rank takes its share of the batches; compute() gathers
-                x = x.to(device)
-                z = pl_module.first_stage.encode_scaled(x, sample=False)  # (B, c, h, w), the posterior mean
-                recon = pl_module.first_stage.decode_scaled(z).clamp(-1, 1)  # (B, C, H, W)
-                rec.update(recon, x)
-                rfid.update(as_rgb(x), real=True)
-                rfid.update(as_rgb(recon), real=False)
-            if seen >= self.num_samples:
-                break
+        reconstruct_val_split(self.datamodule, reconstruct, rec, rfid, self.num_samples, device)
         out = {k: float(v) for k, v in rec.compute().items()}
         out["rfid"] = float(rfid.compute()["fid"])
         return out
