@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +17,11 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from latentgen.errors import CheckpointError
+from latentgen.files import atomic_torch_save
 
 CONFIG_KEY = "latentgen_config"
 KIND_KEY = "latentgen_kind"
 VERSION_KEY = "latentgen_version"
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` through a temporary file + ``os.replace`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -58,7 +41,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise CheckpointError(f"checkpoint '{path}' does not exist. Give the path of a .ckpt file written by train.py.")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:
         raise CheckpointError(
             f"cannot load checkpoint '{path}' safely (weights_only=True): {type(e).__name__}: {str(e)[:500]}. "
             "It is corrupt, truncated, or not a latentgen checkpoint; latentgen never unpickles arbitrary objects."

@@ -30,6 +30,7 @@ from latentgen.callbacks.checkpoint import ConfigInCheckpoint
 from latentgen.callbacks.resilience import PREEMPTED_EXIT_CODE
 from latentgen.checkpoint import CONFIG_KEY, AtomicCheckpointIO, read_latentgen_checkpoint
 from latentgen.errors import ConfigError, LatentgenError
+from latentgen.files import atomic_write_json, probe_writable
 from latentgen.systems.autoencoder import AutoencoderSystem
 
 log = logging.getLogger("latentgen")
@@ -118,10 +119,7 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     """Fail at start-up (not after an hour of training) if the run dir cannot be written."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
+        probe_writable(path)
     except OSError as e:
         raise ConfigError(f"output dir '{path}' is not writable ({e.strerror}); set hydra.run.dir or paths.root_dir") from e
     return path
@@ -203,10 +201,7 @@ def build_latent_system(cfg: DictConfig, first_stage_ckpt: str | None, *, check_
 
 @rank_zero_only
 def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:

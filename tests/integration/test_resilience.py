@@ -152,12 +152,56 @@ def test_a_read_only_output_dir_is_a_clear_error(tmp_path):
 
 
 def test_a_full_disk_is_a_clear_error_at_start_up(tmp_path, monkeypatch):
-    def full(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    import latentgen.files
 
-    monkeypatch.setattr(Path, "write_bytes", full)
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.f = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(latentgen.files.os, "fdopen", FullDisk)
     with pytest.raises(ConfigError, match="No space left on device"):
         check_output_dir(tmp_path / "run")
+    monkeypatch.undo()
+    assert list((tmp_path / "run").iterdir()) == []  # the probe file is gone
+
+
+def _check_output_dir_often(path: Path, times: int, errors) -> None:
+    try:
+        for _ in range(times):
+            check_output_dir(path)
+        errors.put(None)
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        errors.put(repr(e))
+
+
+def test_ranks_starting_together_in_one_run_dir_do_not_break_each_others_probe(tmp_path):
+    """Regression: ``torchrun ... evaluate.py hydra.run.dir=D`` starts every rank in D. The probe had one
+    fixed name, so rank 0 could delete rank 1's probe before rank 1 did ('not writable: No such file'),
+    rank 1 left the process group and rank 0 failed in its first all-reduce (a flaky CI failure).
+    Two processes probing one directory 2,000 times each hit that race on every try before the fix."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_check_output_dir_often, args=(tmp_path / "run", 2000, errors)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [errors.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert results == [None, None]
+    assert list((tmp_path / "run").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- NaN / Inf

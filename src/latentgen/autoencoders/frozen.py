@@ -18,6 +18,7 @@ import torch
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.checkpoint import CONFIG_KEY, read_latentgen_checkpoint
 from latentgen.errors import CheckpointError, ConfigError
+from latentgen.files import atomic_write, atomic_write_json
 
 # Keys that may differ between the training run of the autoencoder and its use downstream
 # (the encoder is convolutional; `resolution` only places attention blocks by feature-map size).
@@ -73,16 +74,13 @@ def read_first_stage(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def export_first_stage(autoencoder: Autoencoder, config: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write the weights (incl. latent scale) as safetensors and the autoencoder config as JSON beside it."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in autoencoder.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(save(state)))  # safetensors bytes
     meta = {"autoencoder": config, "latent_scale": float(autoencoder.latent_scale), "latent_shift": float(autoencoder.latent_shift)}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+    atomic_write_json(path.with_suffix(".json"), meta)
     return path
 
 

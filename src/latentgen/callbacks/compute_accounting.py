@@ -15,7 +15,6 @@ Written to ``out_file`` (``<run dir>/compute.json``; sweep jobs merge it into ``
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import resource
@@ -27,6 +26,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+
+from latentgen.files import atomic_write_json
 
 log = logging.getLogger("latentgen")
 
@@ -148,10 +149,7 @@ class ComputeAccountingCallback(L.Callback):
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out = self.summary(trainer)
-        self.out_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out_file.with_name(f".{self.out_file.name}.tmp")
-        tmp.write_text(json.dumps(out, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, self.out_file)
+        atomic_write_json(self.out_file, out)
         for logger in trainer.loggers:
             logger.log_metrics({f"compute/{k}": float(v) for k, v in out.items() if isinstance(v, (int, float))},
                                step=trainer.global_step)

@@ -28,6 +28,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from latentgen.files import atomic_write_json
+
 log = logging.getLogger("latentgen")
 
 
@@ -138,10 +140,7 @@ class GenerativeEvalCallback(L.Callback):
 
     @rank_zero_only
     def _save(self) -> None:
-        self.history_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.history_file.with_name(f".{self.history_file.name}.tmp")
-        tmp.write_text(json.dumps(self.history, indent=2, sort_keys=True, default=_jsonable))
-        os.replace(tmp, self.history_file)
+        atomic_write_json(self.history_file, self.history, default=_jsonable)
 
     @torch.no_grad()
     def reconstruction_metrics(self, pl_module) -> dict[str, float]:

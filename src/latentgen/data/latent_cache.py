@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latentgen.checkpoint import atomic_torch_save, load_checkpoint_file
+from latentgen.checkpoint import load_checkpoint_file
 from latentgen.data.base import PURPOSE_AUGMENT, split_key
 from latentgen.errors import DataError
+from latentgen.files import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from latentgen.errors import CheckpointError, ConfigError, DataError
+from latentgen.files import atomic_torch_save
 from latentgen.metrics.extractors import FeatureExtractor, to_uint8_images
 from latentgen.metrics.frechet import feature_statistics, frechet_distance
 from latentgen.metrics.isc import inception_score
@@ -405,15 +405,7 @@ class ReferenceCache:
         }
         if logits is not None:
             payload["logits"] = logits.detach().float().cpu().contiguous()
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.replace(tmp, p)  # atomic: a crash never leaves a half-written cache file
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return p
+        return atomic_torch_save(payload, p)  # a crash never leaves a half-written cache file
 
 
 def _images_of(batch: Any) -> torch.Tensor:
