@@ -82,13 +82,15 @@ def test_torchrun_with_two_processes_shares_the_sampling_and_equals_one_process(
     args = [f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "logger=none", "num_samples=24", "batch_size=8",
             "sampler=euler", "sampler.steps=2", "extractor=dataset_classifier",
             f"extractor.weights_path={digits_classifier}", "metrics=[fid,prc,density_coverage]"]  # fmt: skip
-    run_dir = tmp_path / "torchrun"
+    run_dir, logs = tmp_path / "torchrun", tmp_path / "torchrun_logs"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "evaluate.py", *args,
-         f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         f"--log-dir={logs}", "--redirects=3", "evaluate.py", *args, f"hydra.run.dir={run_dir}"],
         cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    # Each rank's own output is in its log file: the rank that failed first is rarely the last one to print.
+    rank_logs = "".join(f"\n--- {p.relative_to(logs)}\n{p.read_text()[-3000:]}" for p in sorted(logs.rglob("std*.log")))
+    assert proc.returncode == 0, rank_logs + "\n--- torchrun\n" + (proc.stdout + proc.stderr)[-2000:]
     two = json.loads((run_dir / "metrics.json").read_text())
     assert two["world_size"] == 2 and two["num_samples"] == 24 and two["metrics"]["num_fake"] == 24
     one = run_evaluation(compose_config([*args, f"paths.cache_dir={tmp_path / 'cache'}"], config_name="evaluate",
