@@ -7,9 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-from-pyproject
 ARGS   ?=
 
-# One thread per process: on a shared 2-core machine two threads are slower as soon as anything else runs.
-export OMP_NUM_THREADS ?= 1
-export MKL_NUM_THREADS ?= 1
+# Tests run one thread per process: several test processes (DDP ranks, CLI runs) share the cores, and on
+# a 2-core machine two threads each are slower than one. `make train` uses every core (torch's default)
+# unless OMP_NUM_THREADS is set in the environment.
+TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-1}
 
 .PHONY: venv train test test-all test-slow evaluate sweep clean-outputs
 
@@ -27,14 +28,14 @@ train: $(STAMP)
 
 ## The default test suite: everything not marked slow or gpu (< 10 min on 2 CPU cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu" -q $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m "not slow and not gpu" -q $(ARGS)
 
 ## Only the slow tests, and everything.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m "slow and not gpu" -q $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m "slow and not gpu" -q $(ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu" -q $(ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest -m "not gpu" -q $(ARGS)
 
 clean-outputs:
 	rm -rf outputs multirun wandb
