@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
 from latentgen.errors import ConfigError
+from latentgen.metrics.feature_stats import rank_and_world
 
 log = logging.getLogger("latentgen")
 
@@ -40,13 +41,6 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised default process group; (0, 1) outside DDP."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def batch_generator(seed: int, index: int) -> torch.Generator:

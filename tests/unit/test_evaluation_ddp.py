@@ -78,3 +78,62 @@ def test_two_gloo_ranks_split_the_sampling_and_equal_one_process(tmp_path):
         for key in ("fid", "precision", "recall", "density", "coverage", "num_real"):
             assert res[key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
     assert drawn == [3, 2]
+
+
+# ---------------------------------------------------------------------------------------------- reference features
+REF_IMAGES, REF_BATCH, REF_N = 37, 8, 30  # batches of 8, 8, 8, 6 once cut at 30: rank 0 takes 16, rank 1 takes 14
+
+
+def _reference(cache_dir):
+    from latentgen.metrics.feature_stats import ReferenceCache, ReferenceKey, reference_features
+    from tests.unit.test_metrics_feature_stats import _images
+
+    extractor = TinyExtractor()
+    images = _images(REF_IMAGES, seed=5)  # (37, 3, 16, 16)
+    key = ReferenceKey.create(dataset={"name": "test"}, split="val", resolution=16, extractor=extractor,
+                              num_samples=REF_N)  # fmt: skip
+
+    def batches():
+        for i in range(0, REF_IMAGES, REF_BATCH):
+            yield {"image": images[i : i + REF_BATCH]}
+
+    ref = reference_features(ReferenceCache(cache_dir), key, extractor, batches)
+    return ref, extractor.calls
+
+
+def _reference_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        cache = f"{out_dir}/cache{rank}"  # one cache dir per rank: after the first call only rank 0's has the file
+        first, calls_first = _reference(cache)
+        second, calls_second = _reference(cache)  # rank 0 would hit, rank 1 misses: both must extract again
+        torch.save({"features": first.features, "logits": first.logits, "again": second.features,
+                    "from_cache": second.from_cache, "calls": [calls_first, calls_second]},
+                   f"{out_dir}/ref{rank}.pt")  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_two_gloo_ranks_share_the_reference_extraction_and_gather_it_in_order(tmp_path):
+    """On a cache miss each rank extracts every other batch of the real images; the gathered features are
+    those of one process, in the same order; rank 0 alone writes the cache; and a cache that only some
+    ranks see is not used (else the others would wait in the gather for ever)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_reference_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")  # fmt: skip
+    single, single_calls = _reference(tmp_path / "single")
+    assert single.features.shape == (REF_N, 64) and single_calls == 4
+    saved = [torch.load(tmp_path / f"ref{rank}.pt", weights_only=True) for rank in (0, 1)]
+    for s in saved:
+        torch.testing.assert_close(s["features"], single.features, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(s["logits"], single.logits, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(s["again"], single.features, rtol=1e-6, atol=1e-7)
+        assert s["from_cache"] is False
+    assert [s["calls"] for s in saved] == [[2, 2], [2, 2]]  # batches 0, 2 and 1, 3: half the extraction each
+    assert len(list((tmp_path / "cache0" / "reference_features").glob("*.pt"))) == 1
+    assert not (tmp_path / "cache1").exists() or not list((tmp_path / "cache1").rglob("*.pt"))

@@ -429,10 +429,12 @@ def extract_features(
     device: torch.device | str | None = None,
     progress: bool = False,
     desc: str = "features",
+    allow_empty: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Run ``extractor`` over batches (tensors or ``{"image": ...}`` dicts) until ``num_samples`` images.
 
     Returns ``{"features": (N, D)}`` (+ ``"logits"``), on the CPU. ``progress`` shows a tqdm bar with ETA.
+    No images is a DataError, unless ``allow_empty`` (a DDP rank without a share): then ``{}``.
     """
     if device is not None:
         extractor.to(device)
@@ -463,6 +465,8 @@ def extract_features(
         if bar is not None:
             bar.close()
     if n == 0:
+        if allow_empty:
+            return {}
         raise DataError(f"extract_features ({desc}): the batches yielded no images")
     result = {"features": torch.cat(feats)}
     if logits:
@@ -482,16 +486,117 @@ def reference_features(
     """Real-data features for ``key``: from the cache if there, else extracted (``key.num_samples``) and saved.
 
     ``batches`` may be a callable that returns the iterable, so no data loader is built on a cache hit.
+
+    Under DDP (an initialised process group of several ranks) every rank must call this: on a cache miss
+    rank r extracts batches r, r + world, ... and the features are gathered back into batch order, so the
+    result (and the cache file rank 0 writes) equals one process's. The cache is used only when every rank
+    finds it, so that no rank waits in a gather the others skipped.
     """
     if key.extractor_name != extractor.name or key.extractor_fingerprint != extractor.fingerprint():
         raise ConfigError(f"ReferenceKey was made for extractor '{key.extractor_name}', not '{extractor.name}'")
+    rank, world = rank_and_world()
+    comm_device = _comm_device(extractor, device)
     if cache is not None:
         hit = cache.load(key)
+        if world > 1 and not _on_every_rank(hit is not None, comm_device):
+            hit = None
         if hit is not None:
             return hit
     it = batches() if callable(batches) else batches
-    out = extract_features(
-        extractor, it, num_samples=key.num_samples, device=device, progress=progress, desc="reference"
-    )
-    path = cache.save(key, out["features"], out.get("logits")) if cache is not None else None
+    if world > 1:
+        out = _extract_shard_and_gather(extractor, it, key.num_samples, rank, world, device, comm_device, progress)
+    else:
+        out = extract_features(
+            extractor, it, num_samples=key.num_samples, device=device, progress=progress, desc="reference"
+        )
+    path = None
+    if cache is not None:
+        path = cache.save(key, out["features"], out.get("logits")) if rank == 0 else cache.path(key)
     return ReferenceFeatures(out["features"], out.get("logits"), key, path, from_cache=False)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group; (0, 1) outside DDP."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _comm_device(extractor: FeatureExtractor, device: torch.device | str | None) -> torch.device:
+    """Where collective tensors live: the extractor's device (NCCL needs GPU tensors, gloo takes CPU ones)."""
+    if device is not None:
+        return torch.device(device)
+    first = next(extractor.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _on_every_rank(flag: bool, comm_device: torch.device) -> bool:
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=comm_device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def _extract_shard_and_gather(
+    extractor: FeatureExtractor,
+    batches: Iterable[Any],
+    num_samples: int,
+    rank: int,
+    world: int,
+    device: torch.device | str | None,
+    comm_device: torch.device,
+    progress: bool,
+) -> dict[str, torch.Tensor]:
+    """This rank's share of the first ``num_samples`` images (batches rank, rank + world, ...), extracted,
+    then all ranks' features gathered and put back in the order of the batches."""
+    import torch.distributed as dist
+
+    positions: list[torch.Tensor] = []  # the global position of each image this rank extracts
+
+    def my_batches():
+        seen = 0
+        for index, batch in enumerate(batches):
+            images = _images_of(batch)[: num_samples - seen]  # (B, C, H, W)
+            if images.shape[0] == 0:
+                return
+            if index % world == rank:
+                positions.append(torch.arange(seen, seen + images.shape[0]))
+                yield images
+            seen += images.shape[0]
+
+    out = extract_features(extractor, my_batches(), device=device, progress=progress and rank == 0,
+                           desc=f"reference (rank 0 of {world})", allow_empty=True)  # fmt: skip
+    parts = {"features": out.get("features"), "logits": out.get("logits")}
+    n = 0 if parts["features"] is None else parts["features"].shape[0]
+    # Sizes first: a rank with no share knows neither D nor whether there are logits.
+    dims = torch.tensor([n, *(0 if v is None else v.shape[1] for v in parts.values())], device=comm_device)
+    all_dims = [torch.zeros_like(dims) for _ in range(world)]
+    dist.all_gather(all_dims, dims)
+    counts = [int(d[0]) for d in all_dims]
+    longest = max(counts)
+    if longest == 0:
+        raise DataError("reference features: the batches yielded no images")
+    where = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+    gathered = {"positions": _gather_padded(where.to(comm_device).unsqueeze(1), longest, counts, world)}
+    for i, (name, value) in enumerate(parts.items(), start=1):
+        width = max(int(d[i]) for d in all_dims)
+        if width == 0:
+            continue  # no rank has this output (logits of an extractor without a head)
+        local = value if value is not None else torch.zeros(0, width)
+        gathered[name] = _gather_padded(local.to(comm_device), longest, counts, world)
+    order = torch.argsort(gathered.pop("positions").squeeze(1))  # (N,) back to batch order
+    return {name: v[order].cpu() for name, v in gathered.items()}
+
+
+def _gather_padded(local: torch.Tensor, longest: int, counts: list[int], world: int) -> torch.Tensor:
+    """all_gather rows of unequal counts: pad each rank's (n_r, D) to (longest, D), gather, drop the padding."""
+    import torch.distributed as dist
+
+    padded = torch.zeros(longest, local.shape[1], dtype=local.dtype, device=local.device)  # (longest, D)
+    padded[: local.shape[0]] = local
+    slots = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(slots, padded)
+    return torch.cat([slot[:n] for slot, n in zip(slots, counts)])  # (sum n_r, D)
