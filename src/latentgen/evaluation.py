@@ -104,7 +104,7 @@ def generator_metrics(
     gathered by :class:`GenerativeMetrics`, and every rank returns the same metrics, equal to a
     one-process evaluation's. ``datamodule`` must not be the trainer's own (its loaders would be
     sharded already): a detached one iterates the data in the same order on every rank. On a cache
-    miss every rank extracts the (identical) reference features itself.
+    miss the reference features are extracted the same way, rank r taking real batches r, r + world, ...
     """
     from latentgen.metrics.feature_stats import GenerativeMetrics, ReferenceCache, ReferenceKey, reference_features
 
