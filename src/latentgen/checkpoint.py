@@ -41,7 +41,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise CheckpointError(f"checkpoint '{path}' does not exist. Give the path of a .ckpt file written by train.py.")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise CheckpointError(
             f"cannot load checkpoint '{path}' safely (weights_only=True): {type(e).__name__}: {str(e)[:500]}. "
             "It is corrupt, truncated, or not a latentgen checkpoint; latentgen never unpickles arbitrary objects."

@@ -49,6 +49,11 @@ def batch_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index))
 
 
+def pop_phase_seconds(results: dict[str, Any]) -> dict[str, float]:
+    """Take the ``seconds_<phase>`` entries of :func:`generator_metrics`'s results out as ``{phase: s}``."""
+    return {k.removeprefix("seconds_"): results.pop(k) for k in list(results) if k.startswith("seconds_")}
+
+
 def condition_batches(datamodule, split: str, batch_size: int, num_samples: int) -> Iterator[dict[str, Any]]:
     """Batches whose labels/captions/masks condition the samples: drawn from the real data, cycled."""
     loader = datamodule.val_dataloader() if split == "val" else datamodule.train_dataloader()
@@ -363,7 +368,7 @@ def _run_evaluation(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
             )
         record["nfe"] = results.get("nfe")
         record["num_samples"] = int(results.get("num_samples", 0))
-    phases = {k.removeprefix("seconds_"): results.pop(k) for k in list(results) if k.startswith("seconds_")}
+    phases = pop_phase_seconds(results)
     if phases:
         record["seconds"] = phases  # wall time per phase of a generator evaluation
     record["metrics"] = results

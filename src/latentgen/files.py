@@ -34,13 +34,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def atomic_write_json(path: str | os.PathLike, obj: Any, default: Callable[[Any], Any] = str) -> Path:
     """``obj`` as indented JSON with sorted keys; ``default`` turns values JSON cannot hold into ones it can."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=default))
+    text = json.dumps(obj, indent=2, sort_keys=True, default=default)
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

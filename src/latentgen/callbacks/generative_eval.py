@@ -110,6 +110,8 @@ class GenerativeEvalCallback(L.Callback):
         return {k: float(v) for k, v in results.items() if isinstance(v, (int, float, torch.Tensor))}
 
     def _entry(self, trainer, pl_module, steps: int | None, kind: str) -> dict[str, Any]:
+        from latentgen.evaluation import pop_phase_seconds
+
         t0 = time.time()
         results = self.evaluate(pl_module, steps)
         steps = steps if steps is not None else pl_module.sampler.defaults.get("steps")
@@ -121,7 +123,7 @@ class GenerativeEvalCallback(L.Callback):
             "sampling_images_per_s": results.pop("sampling_images_per_s", None),
             "num_samples": int(results.pop("num_samples", 0)),
             "num_reference": int(results.pop("num_reference", 0)),
-            "seconds": {k.removeprefix("seconds_"): results.pop(k) for k in list(results) if k.startswith("seconds_")},
+            "seconds": pop_phase_seconds(results),
             "metrics": results,
             "wall_time_s": time.time() - self._fit_start,
             "eval_time_s": time.time() - t0,

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
@@ -495,7 +496,7 @@ def reference_features(
     if key.extractor_name != extractor.name or key.extractor_fingerprint != extractor.fingerprint():
         raise ConfigError(f"ReferenceKey was made for extractor '{key.extractor_name}', not '{extractor.name}'")
     rank, world = rank_and_world()
-    comm_device = _comm_device(extractor, device)
+    comm_device = _comm_device(extractor, device) if world > 1 else None
     if cache is not None:
         hit = cache.load(key)
         if world > 1 and not _on_every_rank(hit is not None, comm_device):
@@ -517,8 +518,6 @@ def reference_features(
 
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of the initialised default process group; (0, 1) outside DDP."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -533,8 +532,6 @@ def _comm_device(extractor: FeatureExtractor, device: torch.device | str | None)
 
 
 def _on_every_rank(flag: bool, comm_device: torch.device) -> bool:
-    import torch.distributed as dist
-
     t = torch.tensor([int(flag)], device=comm_device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
@@ -552,8 +549,6 @@ def _extract_shard_and_gather(
 ) -> dict[str, torch.Tensor]:
     """This rank's share of the first ``num_samples`` images (batches rank, rank + world, ...), extracted,
     then all ranks' features gathered and put back in the order of the batches."""
-    import torch.distributed as dist
-
     positions: list[torch.Tensor] = []  # the global position of each image this rank extracts
 
     def my_batches():
@@ -593,8 +588,6 @@ def _extract_shard_and_gather(
 
 def _gather_padded(local: torch.Tensor, longest: int, counts: list[int], world: int) -> torch.Tensor:
     """all_gather rows of unequal counts: pad each rank's (n_r, D) to (longest, D), gather, drop the padding."""
-    import torch.distributed as dist
-
     padded = torch.zeros(longest, local.shape[1], dtype=local.dtype, device=local.device)  # (longest, D)
     padded[: local.shape[0]] = local
     slots = [torch.empty_like(padded) for _ in range(world)]
