@@ -10,7 +10,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from latentgen.run import evaluate
+    from latentgen.app.evaluation import evaluate  # imported here so `--help` and config errors stay fast
 
     evaluate(cfg)
 

@@ -10,7 +10,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from latentgen.run import train  # imported here so `--help` and config errors stay fast
+    from latentgen.app.training import train  # imported here so `--help` and config errors stay fast
 
     metrics = train(cfg)
     # Returned for Hydra sweepers (e.g. Optuna); the sweep report reads metrics.json instead.

@@ -3,7 +3,7 @@ and report reconstruction quality (PSNR, SSIM, LPIPS if available) and training 
 
     python benchmarks/autoencoder_quality.py --steps 1500 --out benchmarks/results/autoencoder_quality.json
 
-Runs the real training path (latentgen.run.train on the composed configs), one job after another,
+Runs the real training path (latentgen.app.training.train on the composed configs), one job after another,
 with one thread (pin it with --threads). The reconstruction grids are written to each run's
 images/final.png — look at them.
 """
@@ -26,7 +26,8 @@ def st_lpips_of_reconstructions(ckpt: Path, batches: int) -> float | None:
 
     from latentgen.autoencoders.perceptual import ShiftTolerantLPIPS
     from latentgen.errors import ConfigError
-    from latentgen.run import instantiate, load_system_from_checkpoint
+    from latentgen.config import instantiate
+    from latentgen.app.building import load_system_from_checkpoint
 
     try:
         lpips = ShiftTolerantLPIPS(net="alex").eval()
@@ -62,7 +63,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from latentgen.run import train
+    from latentgen.app.training import train
     from tests.helpers import compose_config
 
     rows = []

@@ -95,7 +95,7 @@ def _state_file(ours, tmp: str) -> str:
 
 
 def whole(args) -> dict:
-    from latentgen.evaluation import run_evaluation
+    from latentgen.app.evaluation import evaluate as run_evaluation
     from tests.helpers import compose_config
 
     out_dir = Path(args.run_dir)

@@ -38,7 +38,7 @@ def main() -> None:
     from torch.utils.data import DataLoader
 
     from latentgen.data.latent_cache import CachedLatentDataset, load_or_build_latent_cache
-    from latentgen.run import build_latent_system
+    from latentgen.app.building import build_latent_system
     from tests.helpers import compose_config
 
     torch.set_num_threads(args.threads)

@@ -50,7 +50,7 @@ def compose(overrides: list[str]):
 
 def build_unet(input_kind: str, channels_last: bool):
     """(denoiser, objective, input shape) from the real configs."""
-    from latentgen.run import instantiate
+    from latentgen.config import instantiate
 
     ae = {"pix3x32": ["autoencoder=identity", "data=shapes", "data.resolution=32"],
           "lat4x8": ["autoencoder=kl_f8", "data=shapes", "data.resolution=64"]}[input_kind]
@@ -85,7 +85,7 @@ def unet_step_fn(input_kind: str, batch: int, *, bf16: bool, channels_last: bool
 
 
 def ae_step_fn(name: str, batch: int, *, bf16: bool, channels_last: bool):
-    from latentgen.run import instantiate
+    from latentgen.config import instantiate
 
     cfg = compose([f"autoencoder={name}", "data=shapes", "data.resolution=32"])
     torch.manual_seed(0)

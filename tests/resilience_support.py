@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from latentgen.autoencoders.frozen import export_first_stage
-from latentgen.run import instantiate, to_container
+from latentgen.config import instantiate, to_container
 from tests.helpers import compose_config
 
 

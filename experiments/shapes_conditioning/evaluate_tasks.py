@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
 from latentgen.config import register_resolvers
-from latentgen.run import instantiate, load_system_from_checkpoint
+from latentgen.config import instantiate
+from latentgen.app.building import load_system_from_checkpoint
 
 HERE = Path(__file__).resolve().parent
 

@@ -8,12 +8,16 @@ temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger("latentgen")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -58,3 +62,34 @@ def probe_writable(directory: str | os.PathLike, num_bytes: int = 4096) -> None:
             f.write(b"0" * num_bytes)
     finally:
         os.unlink(probe)
+
+
+def write_json_rank_zero(path: str | os.PathLike, obj: Any) -> None:
+    """:func:`atomic_write_json` on global rank 0 only (a no-op on the other ranks of a DDP run)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    rank_zero_only(atomic_write_json)(path, obj)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock file (``filelock``: fcntl on POSIX) for the block: concurrent processes that
+    need the same result (two sweep jobs training one first stage) wait for each other instead of writing
+    one directory at once. ``enabled=False`` (e.g. in a DDP rank > 0) takes no lock."""
+    if not enabled:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for %s (another process holds it)", path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

@@ -26,7 +26,7 @@ import torch
 
 from latentgen.callbacks.resilience import PREEMPTED_EXIT_CODE, read_step_log
 from latentgen.checkpoint import read_latentgen_checkpoint
-from latentgen.run import train
+from latentgen.app.training import train
 from tests.resilience_support import cli_env, make_first_stage_export
 from tests.helpers import compose_config
 
@@ -186,7 +186,7 @@ def test_ddp_two_processes_train_like_one_process_with_the_same_global_batch(set
 
 def _initial_denoiser(setup) -> dict[str, torch.Tensor]:
     """The denoiser's weights before training (the reference run's config, built afresh with its seed)."""
-    from latentgen.run import build_latent_system
+    from latentgen.app.building import build_latent_system
     import lightning as L
 
     _, overrides, ref = setup

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from latentgen.run import train
+from latentgen.app.training import train
 from tests.helpers import FAST, TINY_AE, TINY_DATA, TINY_LDM, compose_config
 
 @pytest.fixture(scope="session")

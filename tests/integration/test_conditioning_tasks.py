@@ -1,4 +1,4 @@
-"""Tiny end-to-end runs of conditional tasks through latentgen.run.train (the path train.py takes).
+"""Tiny end-to-end runs of conditional tasks through latentgen.app.training.train (the path train.py takes).
 
 One text task (shapes_text2img) and one concat task (shapes_inpaint), a few steps each, sharing one
 tiny first stage; then the checkpoints are reloaded and sampled from prompts / masked images.
@@ -16,9 +16,10 @@ from PIL import Image
 from latentgen.conditioning.attribute_classifier import save_attribute_classifier, train_attribute_classifier
 from latentgen.conditioning.prompts import batch_from_prompts, check_prompt_supported
 from latentgen.data import ShapesDataset
-from latentgen.evaluation import run_evaluation
+from latentgen.app.evaluation import evaluate as run_evaluation
 from latentgen.errors import ConfigError
-from latentgen.run import load_system_from_checkpoint, train
+from latentgen.app.building import load_system_from_checkpoint
+from latentgen.app.training import train
 from tests.helpers import FAST, compose_config
 
 TINY = [

@@ -8,7 +8,7 @@ import pytest
 
 from latentgen.data import DigitsDataset
 from latentgen.errors import CheckpointError
-from latentgen.evaluation import run_evaluation
+from latentgen.app.evaluation import evaluate as run_evaluation
 from latentgen.metrics.extractors import save_dataset_classifier, train_dataset_classifier
 from tests.helpers import compose_config
 

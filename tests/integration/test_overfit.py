@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentgen.run import build_latent_system
+from latentgen.app.building import build_latent_system
 from tests.helpers import compose_config
 
 

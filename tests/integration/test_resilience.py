@@ -20,7 +20,8 @@ from latentgen.callbacks.resilience import read_step_log
 from latentgen.checkpoint import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_file, read_latentgen_checkpoint
 from latentgen.data.datamodule import EpochShuffleSampler, ResumableDataLoader
 from latentgen.errors import ConfigError, NonFiniteLossError
-from latentgen.run import check_output_dir, train
+from latentgen.app.building import check_output_dir
+from latentgen.app.training import train
 from tests.helpers import FAST, compose_config
 
 # 36 training images in batches of 8: 4 batches per epoch, so 10 steps cross two epoch boundaries.

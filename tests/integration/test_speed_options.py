@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from latentgen.checkpoint import read_latentgen_checkpoint
-from latentgen.run import load_system_from_checkpoint, train
+from latentgen.app.building import load_system_from_checkpoint
+from latentgen.app.training import train
 from tests.helpers import FAST, compose_config
 from tests.resilience_support import make_first_stage_export
 

@@ -1,4 +1,4 @@
-"""In-process training runs of a few steps through latentgen.run (the same path as train.py)."""
+"""In-process training runs of a few steps through latentgen.app.training (the same path as train.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 
 from latentgen.checkpoint import read_latentgen_checkpoint
 from latentgen.errors import CheckpointError, ConfigError
-from latentgen.run import load_system_from_checkpoint, train
+from latentgen.app.building import load_system_from_checkpoint
+from latentgen.app.training import train
 from tests.helpers import FAST, TINY_AE, TINY_DATA, TINY_LDM, compose_config
 
 
@@ -43,15 +44,15 @@ def test_two_stage_run_trains_first_stage_then_latent_model(trained_ldm):
 
 def test_rerun_reuses_the_finished_first_stage(trained_ldm, monkeypatch):
     cfg, out, _, overrides = trained_ldm
-    import latentgen.run as run
+    import latentgen.app.training as training
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("the first stage was trained again")
 
-    monkeypatch.setattr(run, "_fit_autoencoder", must_not_train)
+    monkeypatch.setattr(training, "train_first_stage", must_not_train)
     fresh = compose_config(overrides, output_dir=str(out))
     assert fresh.first_stage.ckpt is None
-    assert run.ensure_first_stage(fresh) == cfg.first_stage.ckpt
+    assert training.first_stage_for(fresh) == cfg.first_stage.ckpt
 
 
 def test_checkpoint_round_trip_gives_identical_samples(trained_ldm):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentgen.evaluation import generator_metrics
-from latentgen.run import instantiate
+from latentgen.metrics.generator_evaluation import generator_metrics
+from latentgen.config import instantiate
 from tests.helpers import compose_config
 from tests.unit.test_metrics_feature_stats import TinyExtractor, _free_port
 

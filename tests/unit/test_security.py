@@ -14,7 +14,8 @@ import torch
 
 from latentgen.checkpoint import CONFIG_KEY, KIND_KEY, atomic_torch_save, load_checkpoint_file
 from latentgen.errors import CheckpointError, ConfigError
-from latentgen.run import check_targets, load_system_from_checkpoint
+from latentgen.config import check_targets
+from latentgen.app.building import load_system_from_checkpoint
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "latentgen"
 
@@ -61,7 +62,7 @@ def test_a_crafted_pickle_is_refused_by_the_checkpoint_loader(tmp_path):
 
 
 def test_a_crafted_pickle_is_refused_when_resuming_a_run(tmp_path):
-    from latentgen.run import train
+    from latentgen.app.training import train
     from tests.helpers import FAST, compose_config
 
     path, marker = _crafted_checkpoint(tmp_path)
@@ -93,30 +94,71 @@ def test_a_crafted_latent_cache_is_refused(tmp_path):
         "os.system",
         "subprocess.call",
         "builtins.exec",
-        "latentgen.run.os.system",  # an allowed prefix, but os.system reached through a module attribute
+        "latentgen.app.training.os.system",  # an allowed prefix, but os.system reached through a module attribute
         "lightning.pytorch.trainer.connectors.signal_connector.call",  # subprocess.call, re-exported
         "torch.nn.modules.module.torch.load",
         "latentgen.does.not.exist",
+        "latentgen.files.atomic_write_json",  # latentgen's own code, but a function that writes files
+        "latentgen.app.training.train",  # a root: it trains and writes a run
+        "torch.utils.tensorboard.SummaryWriter",  # a class outside the component kinds: it creates a log dir
     ],
 )
 def test_configs_in_checkpoints_may_only_build_our_own_targets(tmp_path, target):
     marker = tmp_path / "pwned"
     config = {
         "model": {"_target_": "latentgen.systems.autoencoder.AutoencoderSystem",
-                  "loss": {"_target_": target, "_args_": [f"touch {marker}"]}},
+                  "loss": {"_target_": target, "_args_": [f"touch {marker}"], "path": str(marker), "obj": {}}},
         "seed": 0,
     }
-    with pytest.raises(ConfigError, match="not allowed"):
+    with pytest.raises(ConfigError, match="refused"):
         check_targets(config, "checkpoint config")
     path = tmp_path / "evil.ckpt"
     atomic_torch_save({CONFIG_KEY: config, KIND_KEY: "autoencoder", "state_dict": {}}, path)
-    with pytest.raises(ConfigError, match=r"checkpoint config\.model\.loss: _target_ .* is not allowed"):
+    with pytest.raises(ConfigError, match=r"evil\.ckpt': model\.loss\._target_ = '.*' is refused"):
         load_system_from_checkpoint(str(path))
     assert not marker.exists()
 
 
-def test_our_own_targets_pass_the_check():
-    from tests.helpers import compose_config, resolved
+def test_a_checkpoint_whose_config_writes_a_file_does_nothing_through_evaluate_py(tmp_path):
+    """Issue 13.1 as a user meets it: `python evaluate.py ckpt=<file>` on a checkpoint whose stored config nests
+    a file-writing latentgen function inside a valid system node. Nothing is written; the error names the key."""
+    import subprocess
+    import sys
 
-    check_targets(resolved(compose_config([])), "config")  # the default config, every node
-    check_targets(resolved(compose_config(["model=autoencoder", "trainer=fsdp", "logger=csv"])), "config")
+    marker = tmp_path / "written-by-checkpoint.json"
+    config = {
+        "model": {"_target_": "latentgen.systems.autoencoder.AutoencoderSystem",
+                  "autoencoder": {"_target_": "latentgen.files.atomic_write_json", "path": str(marker), "obj": {"x": 1}}},
+        "data": {"_target_": "latentgen.data.ImageDataModule"},
+        "seed": 0,
+    }
+    path = tmp_path / "crafted.ckpt"
+    atomic_torch_save({CONFIG_KEY: config, KIND_KEY: "autoencoder", "state_dict": {}}, path)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, str(root / "evaluate.py"), f"ckpt={path}", f"hydra.run.dir={tmp_path / 'eval'}", "logger=none"],
+        capture_output=True, text=True, timeout=240, env={**__import__("os").environ, "WANDB_MODE": "disabled"},
+    )
+    assert out.returncode != 0
+    assert "model.autoencoder._target_ = 'latentgen.files.atomic_write_json' is refused" in out.stderr + out.stdout
+    assert not marker.exists()
+
+
+def test_every_system_node_of_every_experiment_passes_the_check():
+    """What train.py writes into checkpoints must load again: the model/autoencoder/data nodes of the default
+    config and of every experiment only name admitted targets."""
+    from latentgen.app.building import SYSTEM_NODES
+    from omegaconf import OmegaConf
+
+    from latentgen.config import to_container
+    from tests.helpers import CONF, compose_config
+
+    experiments = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    assert "f_sweep" in experiments
+    for overrides in [[], ["model=autoencoder"], *[[f"experiment={e}"] for e in experiments]]:
+        composed = compose_config(overrides)
+        if OmegaConf.select(composed, "data._target_") and OmegaConf.is_missing(composed.data, "root"):
+            composed = compose_config([*overrides, "data.root=/data/celebahq"])  # folder data: the user gives it
+        cfg = to_container(composed)  # what a checkpoint stores
+        for node in SYSTEM_NODES:
+            check_targets(cfg[node], f"{overrides}: {node}")

@@ -10,7 +10,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from latentgen.run import write_json
+from latentgen.files import write_json_rank_zero as write_json
 from latentgen.sweep.job import config_differences, job_config_hash, run_sweep_job, sweep_group, sweep_tags
 from tests.helpers import compose_config, resolved
 

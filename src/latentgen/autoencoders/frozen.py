@@ -64,12 +64,15 @@ def read_first_stage(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         meta = json.loads(meta_path.read_text())
         return state, meta["autoencoder"]
     ckpt = read_latentgen_checkpoint(path)
-    config = ckpt[CONFIG_KEY]
-    prefix = "autoencoder." if ckpt["latentgen_kind"] == "autoencoder" else "first_stage."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if not state and ckpt["latentgen_kind"] != "autoencoder":
-        raise CheckpointError(f"'{path}' is a '{ckpt['latentgen_kind']}' checkpoint with no first stage inside")
-    return state, config["autoencoder"]
+    # An autoencoder run holds the weights under `autoencoder.`, a latent model its frozen copy under `first_stage.`.
+    for prefix in ("autoencoder.", "first_stage."):
+        state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if state:
+            return state, ckpt[CONFIG_KEY]["autoencoder"]
+    raise CheckpointError(
+        f"'{path}' holds no autoencoder weights (no 'autoencoder.*' or 'first_stage.*' keys): give the checkpoint "
+        "of a model=autoencoder run, of a latent model, or an autoencoder.safetensors export"
+    )
 
 
 def export_first_stage(autoencoder: Autoencoder, config: dict[str, Any], path: str | os.PathLike) -> Path:

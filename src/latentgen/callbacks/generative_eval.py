@@ -2,7 +2,7 @@
 
 Every ``every_n_steps`` steps, or at the listed ``milestones`` (training steps), ``num_samples`` images
 are generated with the EMA weights (``sampling_steps`` sampler steps) and compared with the cached
-real reference features through :func:`latentgen.evaluation.generator_metrics` (the same computation
+real reference features through :func:`latentgen.metrics.generator_evaluation.generator_metrics` (the same computation
 as ``evaluate.py``). The numbers are logged as ``eval/<metric>`` (W&B shows FID against the step) and
 appended to ``history_file`` (``<run dir>/eval_history.json``): step, metrics, NFE, sampler steps,
 sampling images/s, the wall time since the start of training and the time the evaluation took.
@@ -29,6 +29,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from latentgen.files import atomic_write_json
+from latentgen.metrics.autoencoder_evaluation import reconstruct_val_split
+from latentgen.metrics.generator_evaluation import generator_metrics, pop_phase_seconds
 
 log = logging.getLogger("latentgen")
 
@@ -94,8 +96,6 @@ class GenerativeEvalCallback(L.Callback):
 
     @torch.no_grad()
     def evaluate(self, pl_module, steps: int | None) -> dict[str, float]:
-        from latentgen.evaluation import generator_metrics
-
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -110,8 +110,6 @@ class GenerativeEvalCallback(L.Callback):
         return {k: float(v) for k, v in results.items() if isinstance(v, (int, float, torch.Tensor))}
 
     def _entry(self, trainer, pl_module, steps: int | None, kind: str) -> dict[str, Any]:
-        from latentgen.evaluation import pop_phase_seconds
-
         t0 = time.time()
         results = self.evaluate(pl_module, steps)
         steps = steps if steps is not None else pl_module.sampler.defaults.get("steps")
@@ -147,7 +145,6 @@ class GenerativeEvalCallback(L.Callback):
     @torch.no_grad()
     def reconstruction_metrics(self, pl_module) -> dict[str, float]:
         """PSNR / SSIM (/ LPIPS) / rFID of the frozen first stage on (up to num_samples of) the val split."""
-        from latentgen.evaluation import reconstruct_val_split
         from latentgen.metrics.feature_stats import GenerativeMetrics
         from latentgen.metrics.reconstruction import ReconstructionMetrics
 

@@ -2,18 +2,22 @@
 
 For an autoencoder the grid shows originals above reconstructions; for a latent model, samples
 from fixed noise and fixed labels/captions with the EMA weights, so grids are comparable across steps.
+The system draws the grid (``image_grid``) and says how many images go in a row (``grid_nrow``).
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import shutil
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+
+from latentgen.images import save_grid
+
+log = logging.getLogger("latentgen")
 
 
 class ImageGridCallback(L.Callback):
@@ -27,7 +31,13 @@ class ImageGridCallback(L.Callback):
         self._written: tuple[int, Path] | None = None  # (global step, file) of the newest grid
 
     def _fixed_batch(self, trainer: L.Trainer) -> dict:
-        return trainer.datamodule.fixed_batch(self.num_images, split="val")
+        """The first ``num_images`` val samples; all of them when the val split is smaller (a small folder)."""
+        available = len(trainer.datamodule.dataset("val"))
+        n = min(self.num_images, available)
+        if n < self.num_images:
+            log.info("image grid: the val split has %d samples, fewer than num_grid_samples=%d; the grid shows %d",
+                     available, self.num_images, n)
+        return trainer.datamodule.fixed_batch(n, split="val")
 
     @rank_zero_only
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> Path:
@@ -39,20 +49,19 @@ class ImageGridCallback(L.Callback):
             images = pl_module.image_grid(self._fixed_batch(trainer), generator=gen)  # (N, C, H, W) in [-1, 1]
         finally:
             pl_module.train(was_training)
-        images = ((images.float().cpu() + 1) / 2).clamp(0, 1)
-        nrow = max(1, int(math.sqrt(images.shape[0])))
-        if getattr(pl_module, "kind", "") == "autoencoder":
-            nrow = images.shape[0] // 2 if images.shape[0] <= 32 else 16
-        grid = make_grid(images, nrow=nrow, padding=1, pad_value=1.0)  # (C, H', W')
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"{tag}.png"
-        save_image(grid, path)
+        grid = save_grid(images, path, nrow=pl_module.grid_nrow(images.shape[0]))  # (C, H', W') in [0, 1]
         self._written = (int(trainer.global_step), path)
         for logger in trainer.loggers:
             log_image = getattr(logger, "log_image", None)
             if log_image is not None:
-                log_image(key=f"images/{getattr(pl_module, 'kind', 'grid')}", images=[grid], step=trainer.global_step)
+                log_image(key=f"images/{pl_module.kind}", images=[grid], step=trainer.global_step)
         return path
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed run starts at its checkpoint's step: the next grid is due at the next multiple of
+        # every_n_steps after it, not at the first batch (which would render the resumed weights again).
+        self._last_step = int(trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # global_step advances by 2 per batch under manual optimization with two optimizers,

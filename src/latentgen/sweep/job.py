@@ -1,6 +1,6 @@
 """One job of a sweep (a config with a ``sweep`` node, e.g. experiment=f_sweep).
 
-``run_sweep_job(cfg, train_fn)`` wraps ``latentgen.run``'s training:
+``run_sweep_job(cfg, train_fn)`` wraps the training root's ``train_fn`` (latentgen.app.training):
 
 - **skip finished jobs**: a run dir whose ``metrics.json`` has ``status: ok`` and the same config
   (:func:`comparable_config`: the resolved config without paths, logging and bookkeeping keys)
@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from latentgen.config import config_hash
+from latentgen.files import write_json_rank_zero
 
 log = logging.getLogger("latentgen")
 
@@ -70,8 +73,6 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def job_config_hash(cfg: DictConfig) -> str:
     """A short hash of :func:`comparable_config` (recorded in metrics.json for reference)."""
-    from latentgen.run import config_hash
-
     return config_hash(comparable_config(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)))
 
 
@@ -192,7 +193,7 @@ def run_sweep_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, fl
         (output_dir / ERROR_FILE).write_text(tb)
         log.error("sweep job %s failed (%s: %s); recorded in %s, the sweep goes on", output_dir, type(e).__name__, e,
                   output_dir / ERROR_FILE)
-        _write(metrics_path, {"status": "failed", "error": f"{type(e).__name__}: {e}", "config_hash": chash,
+        write_json_rank_zero(metrics_path, {"status": "failed", "error": f"{type(e).__name__}: {e}", "config_hash": chash,
                               "job": info, "job_wall_time_s": time.time() - start})
         _finish_wandb(1)
         return {}
@@ -200,12 +201,7 @@ def run_sweep_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, fl
     compute = read_json(output_dir / COMPUTE_FILE) or {}
     compute["job_wall_time_s"] = time.time() - start
     record.update({"status": "ok", "config_hash": chash, "job": info, "compute": compute})
-    _write(metrics_path, record)
+    write_json_rank_zero(metrics_path, record)
     _finish_wandb(0)
     return metrics
 
-
-def _write(path: Path, obj: dict) -> None:
-    from latentgen.run import write_json
-
-    write_json(path, obj)

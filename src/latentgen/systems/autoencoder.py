@@ -157,6 +157,11 @@ class AutoencoderSystem(L.LightningModule):
         x = batch["image"].to(self.device)
         return torch.cat([x, self.reconstruct(x)], dim=0)
 
+    @staticmethod
+    def grid_nrow(num_images: int) -> int:
+        """Images per grid row: originals above their reconstructions (at most 16 pairs a row)."""
+        return num_images // 2 if num_images <= 32 else 16
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic reconstruction (KL: posterior mean; VQ: quantized), clamped to [-1, 1]."""

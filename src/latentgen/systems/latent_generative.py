@@ -8,6 +8,7 @@ samples and evaluations use.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -258,6 +259,11 @@ class LatentGenerativeSystem(L.LightningModule):
         if inputs is None:
             return samples
         return torch.cat([inputs.to(samples), samples], dim=-1)  # (B, C, H, k*W + W): input | output
+
+    @staticmethod
+    def grid_nrow(num_images: int) -> int:
+        """Images per grid row: a square grid."""
+        return max(1, int(math.sqrt(num_images)))
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
