@@ -61,7 +61,7 @@ def test_basic_launcher_sweep_reports_skips_finished_jobs_and_survives_a_failure
     ok, failed = sweep_dir / "0", sweep_dir / "1"
     for job, f in ((ok, 1),):
         record = _record(job)
-        assert record["status"] == "ok" and record["job"]["f"] == f
+        assert record["status"] == "ok" and record["latent"]["downsample_factor"] == f
         compute = record["compute"]
         assert compute["flops_per_image"] > 0 and compute["train_images_per_s"] > 0 and compute["peak_cpu_rss_mb"] > 0
         assert compute["params_denoiser"] > 0 and compute["job_wall_time_s"] > 0

@@ -76,11 +76,16 @@ def test_without_continue_on_error_the_failure_propagates(tmp_path):
         run_sweep_job(_cfg(tmp_path, "sweep.continue_on_error=false"), broken)
 
 
-def test_jobs_of_one_sweep_share_a_group_and_carry_f_tags(tmp_path):
+def test_jobs_of_one_sweep_share_a_group_and_carry_their_group_choices_as_tags(tmp_path, monkeypatch):
+    import latentgen.sweep.job as job
+
     cfg = _cfg(tmp_path, "logger=wandb")
     group = sweep_group(cfg, tmp_path / "multirun" / "2026-01-02" / "03-04-05" / "2")
     assert group == "f_sweep-2026-01-02_03-04-05"
-    assert "f=4" in sweep_tags(cfg)
+    # what Hydra reports inside a job of `train.py -m experiment=f_sweep ldm=f4 trainer.max_steps=10`
+    monkeypatch.setattr(job, "hydra_overrides", lambda: ["experiment=f_sweep", "ldm=f4", "trainer.max_steps=10"])
+    monkeypatch.setattr(job, "hydra_choices", lambda: {"experiment": "f_sweep", "ldm": "f4", "objective": "ddpm_eps"})
+    assert sweep_tags(cfg) == ["experiment=f_sweep", "f_sweep", "ldm=f4", "objective=ddpm_eps"]
     with open_dict(cfg):
         cfg.sweep.group = "mine"
     assert sweep_group(cfg, tmp_path) == "mine"
@@ -92,7 +97,8 @@ def test_every_f_composes_and_the_denoisers_have_about_equal_size(tmp_path):
         cfg = compose_config(["experiment=f_sweep", f"ldm={option}"], output_dir=str(tmp_path))
         plain = resolved(cfg)
         f = int(option[1:])
-        assert plain["sweep"]["f"] == f == plain["autoencoder"]["downsample_factor"]
+        assert "f" not in plain["sweep"]  # f has one source: the autoencoder (written to metrics.json as "latent")
+        assert plain["autoencoder"]["downsample_factor"] == f
         assert plain["denoiser"]["input_size"] == 32 // f
         net = instantiate(cfg.denoiser)
         counts[option] = sum(p.numel() for p in net.parameters())

@@ -30,9 +30,11 @@ def _job(root: Path, num: int, f: int, status: str | None) -> Path:
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "overrides.yaml").write_text(f"- ldm=f{f}\n- experiment=f_sweep\n")
-    (d / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      objective: ddpm_eps\n")
-    config = {"sweep": {"f": f}, "autoencoder": {"downsample_factor": f, "latent_channels": 3},
-              "data": {"resolution": 32}, "logger": {"group": "f_sweep-test"}}
+    (d / ".hydra" / "hydra.yaml").write_text(
+        f"hydra:\n  runtime:\n    choices:\n      objective: ddpm_eps\n      ldm: f{f}\n      experiment: f_sweep\n"
+    )
+    # f comes from the run's latent contract (written from its autoencoder), never from the config
+    config = {"data": {"resolution": 32}, "logger": {"group": "f_sweep-test"}}
     if status == "ok":
         (d / "eval_history.json").write_text(json.dumps(_history(f)))
         compute = {"latent_shape": [3, 32 // f, 32 // f], "params_denoiser": 2_000_000,
@@ -40,11 +42,13 @@ def _job(root: Path, num: int, f: int, status: str | None) -> Path:
                    "global_batch_size": 8, "job_wall_time_s": 60.0, "peak_cpu_rss_mb": 1000.0,
                    "peak_accelerator_memory_mb": None}
         (d / "metrics.json").write_text(json.dumps({"status": "ok", "config": config, "metrics": {"global_step": 200},
-                                                    "compute": compute, "job": {"f": f}}))
+                                                    "compute": compute, "job": {"job_num": num},
+                                                    "latent": {"downsample_factor": f, "latent_channels": 3,
+                                                               "latent_shape": [3, 32 // f, 32 // f]}}))
     elif status == "failed":
         error = "ConfigError: denoiser.ch_mult is empty"
         (d / "error.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
-        (d / "metrics.json").write_text(json.dumps({"status": "failed", "error": error, "job": {"f": f}}))
+        (d / "metrics.json").write_text(json.dumps({"status": "failed", "error": error, "job": {"job_num": num}}))
     return d
 
 
@@ -66,8 +70,10 @@ def test_collect_names_every_job_status(sweep):
     jobs = collect(sweep)
     assert expected_job_count(sweep) == 5
     assert [(j.num, j.f, j.status) for j in jobs] == [
-        (0, 1, "ok"), (1, 4, "ok"), (2, 8, "failed"), (3, 16, "unfinished"), (4, None, "not started"),
+        (0, 1, "ok"), (1, 4, "ok"), (2, None, "failed"), (3, None, "unfinished"), (4, None, "not started"),
     ]
+    # jobs that wrote no latent contract are named by the group choices of their overrides
+    assert [j.label for j in jobs] == ["f=1", "f=4", "ldm=f8, experiment=f_sweep", "ldm=f16, experiment=f_sweep", "job 4"]
     assert "ch_mult is empty" in jobs[2].error
     assert jobs[1].latent_shape == "8x8x3"
 

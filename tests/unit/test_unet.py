@@ -319,17 +319,19 @@ def test_mid_config_attends_at_half_the_input_size():
     assert model.input_blocks[2].attn is None and model.input_blocks[3].attn is not None  # level 0: 8x8, 1: 4x4
 
 
-# LDM Tab. 13: f -> (latent channels, params in the paper's ballpark of ~395M with 512-d class tokens)
-LDM = {1: 3, 2: 2, 4: 3, 8: 4, 16: 8, 32: 32}
+# LDM Tab. 13: f -> (latent channels, the denoiser preset with the paper's number of levels); each about
+# 395M parameters with 512-d class tokens
+LDM = {1: (3, 6), 2: (2, 5), 4: (3, 4), 8: (4, 3), 16: (8, 3), 32: (32, 3)}
 
 
 @pytest.mark.parametrize("f", sorted(LDM))
 def test_ldm_configs_build_on_meta(f):
     from hydra.utils import instantiate
 
+    channels, levels = LDM[f]
     cfg = compose_denoiser(
-        f"unet_ldm_f{f}",
-        autoencoder={"latent_channels": LDM[f], "downsample_factor": f},
+        f"unet_ldm_{levels}levels",
+        autoencoder={"latent_channels": channels, "downsample_factor": f},
         data={"resolution": 256},
         conditioner={"context_dim": 512},
     )
@@ -342,6 +344,9 @@ def test_ldm_configs_build_on_meta(f):
     assert len(with_attn) >= 1
     assert sum(b.attn is not None for b in model.input_blocks) == 3 * 2  # 3 CA sizes x 2 ResBlocks
     assert model.input_size == 256 // f and n_levels >= 3 and math.isfinite(n)
+    # the paper's attention sizes (32, 16, 8 for f <= 8; 16, 8, 4 and 8, 4, 2 for f = 16, 32)
+    expected_attention = [32, 16, 8] if f <= 8 else [256 // f, 128 // f, 64 // f]
+    assert sorted(cfg.denoiser.attention_resolutions, reverse=True) == expected_attention
 
 
 # --- torch.compile ------------------------------------------------------------------------------------

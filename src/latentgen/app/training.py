@@ -189,6 +189,8 @@ def train_latent_model(cfg: DictConfig, first_stage_ckpt: str | None, output_dir
     if datamodule.cache_latents:
         attach_latent_cache(cfg, system, datamodule)
     trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=build_logger(cfg.get("logger")))
+    if trainer.logger is not None:  # f, latent channels, scale, shift from the autoencoder itself, for the run's review
+        trainer.logger.log_hyperparams({"latent": latent_contract(system.first_stage, int(cfg.data.resolution))})
     start = time.time()
     fit(trainer, system, datamodule, resolve_resume_path(cfg, output_dir / "checkpoints"))
     wall = time.time() - start

@@ -34,23 +34,17 @@ class Job:
     compute: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     first_stage: dict[str, Any] = field(default_factory=dict)
+    # The latent contract the run wrote into metrics.json (``latent``: downsample_factor, latent_channels,
+    # latent_shape, latent_scale, latent_shift), read from its autoencoder: the one source of f.
+    latent: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
     # ------------------------------------------------------------------ derived
     @property
     def f(self) -> int | None:
-        sweep = self.config.get("sweep") or {}
-        ae = self.config.get("autoencoder") or {}
-        for v in ((self.record_job or {}).get("f"), sweep.get("f"), ae.get("downsample_factor")):
-            if v is not None:
-                return int(v)
-        for o in self.overrides:  # ldm=f8
-            key, _, value = o.partition("=")
-            if key.lstrip("+") in ("ldm", "ldm_celebahq") and value.startswith("f") and value[1:].isdigit():
-                return int(value[1:])
-        return None
-
-    record_job: dict[str, Any] | None = None
+        """The first stage's downsampling factor, as the run recorded it (None: the job never got that far)."""
+        f = self.latent.get("downsample_factor")
+        return None if f is None else int(f)
 
     @property
     def objective(self) -> str:
@@ -58,18 +52,17 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"f={self.f}" if self.f is not None else f"job {self.num}"
+        """``f=8``; for a job without a latent contract (failed, unfinished) the group choices its
+        overrides made (``ldm=f16``), else its number."""
+        if self.f is not None:
+            return f"f={self.f}"
+        chosen = [o.lstrip("+~") for o in self.overrides if o.partition("=")[0].lstrip("+~") in self.choices]
+        return ", ".join(chosen) or f"job {self.num}"
 
     @property
     def latent_shape(self) -> str:
-        shape = self.compute.get("latent_shape")
-        if not shape and self.config:
-            ae, data = self.config.get("autoencoder") or {}, self.config.get("data") or {}
-            try:
-                side = int(data["resolution"]) // int(ae["downsample_factor"])
-                shape = [int(ae["latent_channels"]), side, side]
-            except (KeyError, TypeError, ValueError):
-                shape = None
+        """``h x w x C`` of the latents (LDM's z-shape notation)."""
+        shape = self.latent.get("latent_shape") or self.compute.get("latent_shape")
         return f"{shape[1]}x{shape[2]}x{shape[0]}" if shape else "?"
 
     @property
@@ -121,7 +114,7 @@ def read_job(job_dir: Path) -> Job:
     job = Job(num=num, dir=job_dir, status="unfinished", overrides=[str(o) for o in overrides],
               choices={str(k): str(v) for k, v in choices.items() if v is not None})
     if record is not None:
-        job.record_job = record.get("job")
+        job.latent = record.get("latent") or {}
         job.config = record.get("config") or {}
         job.metrics = record.get("metrics") or {}
         job.compute = record.get("compute") or {}

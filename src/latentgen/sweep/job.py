@@ -10,8 +10,11 @@
   ``error.txt``, ``metrics.json`` says ``status: failed``, and the job returns normally, so Hydra's
   launcher goes on with the next job.
 - **W&B**: every job of one sweep shares a group (``sweep.group``, default ``<sweep.name>-<date>_<time>``
-  of the sweep dir) and carries tags ``f=<f>`` and ``objective=<choice>``; the W&B run is finished at the
-  end of each job so the next job of a sequential sweep starts its own.
+  of the sweep dir) and carries a tag ``<group>=<choice>`` for every config group the job's overrides
+  choose (``ldm=f8``, ``objective=rectified_flow``); the latent contract (f, latent channels, scale, shift)
+  is logged by the training root once the first stage is built (``latent/downsample_factor`` in the W&B
+  config), from the autoencoder itself. The W&B run is finished at the end of each job so the next job of
+  a sequential sweep starts its own.
 - **compute**: the whole job's wall time and the compute accounting of the training
   (``compute.json``, callbacks.compute_accounting) are merged into ``metrics.json``.
 """
@@ -112,13 +115,33 @@ def sweep_group(cfg: DictConfig, output_dir: Path) -> str:
     return f"{cfg.sweep.get('name') or 'sweep'}-{base.parent.name}_{base.name}"
 
 
+def hydra_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except ValueError:
+        return []
+
+
+def chosen_groups(overrides: list[str], choices: dict[str, str]) -> dict[str, str]:
+    """The config groups a job's overrides choose (``ldm=f8`` -> ``{"ldm": "f8"}``), in override order;
+    plain value overrides (``trainer.max_steps=10``) are not group choices."""
+    chosen = {}
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if key in choices:
+            chosen[key] = choices[key]
+    return chosen
+
+
 def sweep_tags(cfg: DictConfig) -> list[str]:
     choices = hydra_choices()
-    tags = [f"f={cfg.sweep.get('f')}"] if cfg.sweep.get("f") is not None else []
+    tags = [f"{group}={choice}" for group, choice in chosen_groups(hydra_overrides(), choices).items()]
     tags.append(f"objective={choices.get('objective', 'unknown')}")
     if cfg.sweep.get("name"):
         tags.append(str(cfg.sweep.name))
-    return tags
+    return sorted(set(tags))
 
 
 def _apply_logging(cfg: DictConfig, output_dir: Path) -> None:
@@ -130,7 +153,8 @@ def _apply_logging(cfg: DictConfig, output_dir: Path) -> None:
             logger.group = sweep_group(cfg, output_dir)
         logger.tags = sorted(set(list(logger.get("tags") or []) + sweep_tags(cfg)))
         if str(logger.get("_target_", "")).endswith("make_wandb_logger") and not logger.get("name"):
-            logger.name = f"{cfg.sweep.get('name') or 'job'}-f{cfg.sweep.get('f')}-{output_dir.name}"
+            label = "-".join(chosen_groups(hydra_overrides(), hydra_choices()).values()) or "job"
+            logger.name = f"{cfg.sweep.get('name') or 'sweep'}-{label}-{output_dir.name}"
 
 
 def _finish_wandb(exit_code: int) -> None:
@@ -146,15 +170,14 @@ def _finish_wandb(exit_code: int) -> None:
 
 
 def job_info(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    choices = hydra_choices()
+    """What identifies the job in its sweep (its latent contract is the training root's ``latent`` entry)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = list(HydraConfig.get().overrides.task)
         num = HydraConfig.get().job.get("num")
     except ValueError:
-        overrides, num = [], None
-    return {"f": cfg.sweep.get("f"), "choices": choices, "overrides": overrides, "job_num": num, "dir": str(output_dir)}
+        num = None
+    return {"choices": hydra_choices(), "overrides": hydra_overrides(), "job_num": num, "dir": str(output_dir)}
 
 
 def run_sweep_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, float]]) -> dict[str, float]:

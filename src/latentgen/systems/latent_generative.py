@@ -23,6 +23,7 @@ from latentgen.conditioning.base import Conditioner, Conditioning
 from latentgen.errors import ConfigError
 from latentgen.generative.guidance import CFGModelFn
 from latentgen.systems.common import check_finite, check_nonfinite_policy, finite_on_all_ranks
+from latentgen.systems.denoiser_fit import check_denoiser_fits
 from latentgen.systems.ema import EMA
 from latentgen.systems.randomness import draw_sample_noise
 
@@ -68,6 +69,7 @@ class LatentGenerativeSystem(L.LightningModule):
         self.sample_posterior = sample_posterior
         # (C, h, w) of the latents the denoiser works on; None until known (set from the data).
         self.latent_shape = None if image_size is None else tuple(first_stage.latent_shape(int(image_size)))
+        check_denoiser_fits(first_stage, denoiser, conditioner, objective, image_size)
         self.check_guidance(self.guidance_scale)
         # EMA of everything that is trained (never of the frozen first stage).
         self.ema = EMA(self.trainable, decay=ema_decay, warmup=ema_warmup)
