@@ -60,6 +60,23 @@ def test_evaluate_autoencoder_reports_reconstruction_metrics(trained_ldm, tmp_pa
     assert m["psnr_mean"] > 5 and 0 < m["ssim_mean"] <= 1 and m["num_samples"] == 24
 
 
+def test_evaluate_autoencoder_reports_lpips_though_it_was_trained_without_a_perceptual_loss(tmp_path):
+    """Issue 13.6: evaluation chooses its own perceptual network (conf/evaluate.yaml: perceptual=stlpips,
+    offline) and names it; the CPU recipes train their first stages with perceptual=none."""
+    from latentgen.app.training import train
+    from tests.helpers import FAST, TINY_AE
+
+    run_dir = tmp_path / "ae"
+    train(compose_config([*FAST, *TINY_AE, "model=autoencoder", "data=digits", "data.resolution=32", "data.batch_size=4",
+                          "trainer.max_steps=2", "trainer.limit_val_batches=1", "num_grid_samples=4",
+                          "first_stage.latent_stats_batches=1"],
+                         output_dir=str(run_dir)))
+    trained_with = json.loads((run_dir / "metrics.json").read_text())["config"]["perceptual"]["_target_"]
+    assert trained_with.endswith("NoPerceptual")
+    record = run_evaluation(_eval_cfg(tmp_path / "eval", run_dir / "checkpoints" / "last.ckpt", "num_samples=8"))
+    assert record["lpips_network"] != "none" and 0 <= record["metrics"]["lpips_mean"] < 1
+
+
 def test_a_file_that_is_not_a_latentgen_checkpoint_is_refused(tmp_path):
     import torch
 

@@ -130,7 +130,7 @@ def measure_autoencoder(cfg, system, datamodule, extractor, record) -> tuple[dic
     if has_prompt(cfg):
         raise ConfigError(f"prompt=... needs a text-conditioned latent model; '{cfg.ckpt}' is an autoencoder")
     lpips = instantiate(cfg.perceptual) if cfg.get("perceptual") and cfg.perceptual.get("_target_") else None
-    if lpips is not None and getattr(lpips, "name", "none") == "none":
+    if lpips is not None and not lpips.measures_distance:
         lpips = None
     resolution = int(datamodule.resolution)
     if lpips is not None and resolution < MIN_LPIPS_RESOLUTION:

@@ -52,6 +52,7 @@ class _FrozenPerceptual(nn.Module):
     """Shared behaviour of the frozen perceptual networks (see the module docstring)."""
 
     name: str = "frozen"
+    measures_distance = True  # a real perceptual distance (reported as LPIPS)
 
     def _freeze(self) -> None:
         self.requires_grad_(False)
@@ -320,6 +321,7 @@ class NoPerceptual(nn.Module):
     """``perceptual=none``: a zero distance, so the loss is pure pixel reconstruction (+ GAN)."""
 
     name = "none"
+    measures_distance = False  # nothing to report as LPIPS
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)  # (B,)

@@ -142,7 +142,7 @@ class AutoencoderSystem(L.LightningModule):
         self.val_ssim.update(r01, x01)
         self.val_rec.update((x - recon).abs().mean())
         perceptual = getattr(self.loss, "perceptual", None)
-        if perceptual is not None and getattr(perceptual, "name", "none") != "none":
+        if perceptual is not None and perceptual.measures_distance:
             self.val_lpips.update(perceptual(x, recon).float().mean())
         self.log("val/psnr", self.val_psnr, prog_bar=True)
         self.log("val/ssim", self.val_ssim)
