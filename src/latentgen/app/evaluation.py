@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentgen.app.building import (
     build_logger,
@@ -31,6 +32,7 @@ from latentgen.config import instantiate, to_container
 from latentgen.errors import ConfigError
 from latentgen.files import atomic_write_json
 from latentgen.images import save_grid
+from latentgen.logging import finish_wandb_run, stored_wandb_run
 from latentgen.metrics.autoencoder_evaluation import autoencoder_metrics
 from latentgen.metrics.feature_stats import rank_and_world
 from latentgen.metrics.generator_evaluation import generator_metrics, pop_phase_seconds, to_device
@@ -182,13 +184,28 @@ def measure_generator(cfg, system, stored, datamodule, extractor, device, record
     return results, images
 
 
+def join_training_group(logger_cfg: DictConfig | None, ckpt) -> DictConfig | None:
+    """The evaluation logs into the W&B group of the run that wrote ``ckpt`` (``<run dir>/checkpoints/x.ckpt``),
+    unless ``logger.group`` is given: the review of a run and its evaluations is in one place."""
+    if logger_cfg is None or "group" not in logger_cfg or logger_cfg.get("group"):
+        return logger_cfg
+    training_run = stored_wandb_run(Path(str(ckpt)).resolve().parent.parent)
+    if training_run is None:
+        return logger_cfg
+    logger_cfg = logger_cfg.copy()
+    with open_dict(logger_cfg):
+        logger_cfg.group = training_run["group"]
+    return logger_cfg
+
+
 def write_outputs(cfg: DictConfig, out_dir, record: dict[str, Any], results: dict[str, Any], images: torch.Tensor) -> None:
     grid = save_grid(images, out_dir / "samples.png")
     atomic_write_json(out_dir / "metrics.json", record)
-    logger = build_logger(cfg.get("logger"))
+    logger = build_logger(join_training_group(cfg.get("logger"), cfg.ckpt))
     if logger:
         logger.log_metrics({f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))})
         if hasattr(logger, "log_image"):
             logger.log_image(key="eval/samples", images=[grid])
         logger.finalize("success")
+        finish_wandb_run()
     log.info("metrics: %s", results)

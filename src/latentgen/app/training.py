@@ -45,6 +45,7 @@ from latentgen.config import config_hash, hydra_choice, instantiate, to_containe
 from latentgen.data.latent_cache import CachedLatentDataset, load_or_build_latent_cache
 from latentgen.errors import ConfigError
 from latentgen.files import exclusive_lock, write_json_rank_zero
+from latentgen.logging import finish_wandb_run, forget_wandb_run
 from latentgen.sweep.job import run_sweep_job
 from latentgen.systems.autoencoder import AutoencoderSystem
 
@@ -55,8 +56,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train the configured system; returns the final validation metrics (also in ``metrics.json``)."""
     silence_expected_warnings()
     if cfg.get("sweep") is not None:
-        return run_sweep_job(cfg, _train)
-    return _train(cfg)
+        return run_sweep_job(cfg, _train)  # finishes the job's W&B run with its exit status
+    try:
+        metrics = _train(cfg)
+    except BaseException:
+        finish_wandb_run(exit_code=1)
+        raise
+    finish_wandb_run()
+    return metrics
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
@@ -74,14 +81,15 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 def train_first_stage(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     """Train the autoencoder of ``cfg.model``, measure its latent statistics, save ``last.ckpt``, the
     safetensors export and ``metrics.json``."""
-    logger = build_logger(cfg.get("logger"))
+    ckpt_dir = output_dir / "checkpoints"
+    resume_from = resolve_resume_path(cfg, ckpt_dir)
+    logger = build_run_logger(cfg, output_dir, resuming=resume_from is not None)
     system: AutoencoderSystem = instantiate(cfg.model, **system_options(cfg, latent=False))
     datamodule = instantiate(cfg.data)
     trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=logger)
-    ckpt_dir = output_dir / "checkpoints"
     start = time.time()
     if system.autoencoder.is_trainable:
-        fit(trainer, system, datamodule, resolve_resume_path(cfg, ckpt_dir))
+        fit(trainer, system, datamodule, resume_from)
     else:
         log.info("autoencoder=%s has nothing to train (identity first stage); exporting it as is", cfg.autoencoder.get("_target_"))
     measure_latent_statistics(system, datamodule)
@@ -138,7 +146,7 @@ def first_stage_for(cfg: DictConfig) -> str | None:
                 log.info("training the first stage into %s", out_dir)
                 check_output_dir(out_dir)
                 train_first_stage(run_cfg, out_dir)
-                finish_logger_run()
+                finish_wandb_run()  # the latent model logs into its own run
                 return str(export)
     log.info("reusing the finished first stage %s", out_dir)
     return str(export)
@@ -171,15 +179,6 @@ def is_launching_process() -> bool:
     return all(r in (None, "", "0") for r in ranks)
 
 
-def finish_logger_run() -> None:
-    """End the W&B run of the first stage so that the latent model logs into its own run."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
-
-
 # ---------------------------------------------------------------------------------------------- stages 3 + 4
 def train_latent_model(cfg: DictConfig, first_stage_ckpt: str | None, output_dir: Path) -> dict[str, float]:
     with open_dict(cfg):
@@ -188,11 +187,13 @@ def train_latent_model(cfg: DictConfig, first_stage_ckpt: str | None, output_dir
     datamodule = instantiate(cfg.data)
     if datamodule.cache_latents:
         attach_latent_cache(cfg, system, datamodule)
-    trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=build_logger(cfg.get("logger")))
+    resume_from = resolve_resume_path(cfg, output_dir / "checkpoints")
+    logger = build_run_logger(cfg, output_dir, resuming=resume_from is not None)
+    trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=logger)
     if trainer.logger is not None:  # f, latent channels, scale, shift from the autoencoder itself, for the run's review
         trainer.logger.log_hyperparams({"latent": latent_contract(system.first_stage, int(cfg.data.resolution))})
     start = time.time()
-    fit(trainer, system, datamodule, resolve_resume_path(cfg, output_dir / "checkpoints"))
+    fit(trainer, system, datamodule, resume_from)
     wall = time.time() - start
     metrics = scalar_metrics(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
     metrics.update(train_wall_time_s=wall, global_step=trainer.global_step)
@@ -214,6 +215,13 @@ def attach_latent_cache(cfg: DictConfig, system, datamodule) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- shared steps
+def build_run_logger(cfg: DictConfig, output_dir: Path, *, resuming: bool):
+    """The run's logger; a resumed run continues its W&B run (id kept in the run dir), a fresh one starts anew."""
+    if not resuming:
+        forget_wandb_run(output_dir)
+    return build_logger(cfg.get("logger"))
+
+
 def fit(trainer: L.Trainer, system, datamodule, ckpt_path: str | None) -> None:
     """``trainer.fit``; a run stopped by SIGTERM (its checkpoint written by the pre-emption callback) exits
     with :data:`PREEMPTED_EXIT_CODE` instead of going on to the final validation and export."""

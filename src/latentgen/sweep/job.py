@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentgen.config import config_hash
 from latentgen.files import write_json_rank_zero
+from latentgen.logging import finish_wandb_run
 
 log = logging.getLogger("latentgen")
 
@@ -157,18 +158,6 @@ def _apply_logging(cfg: DictConfig, output_dir: Path) -> None:
             logger.name = f"{cfg.sweep.get('name') or 'sweep'}-{label}-{output_dir.name}"
 
 
-def _finish_wandb(exit_code: int) -> None:
-    """End the job's W&B run so the next job of a sequential sweep does not log into it."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        try:
-            wandb.finish(exit_code=exit_code)
-        except Exception as e:  # noqa: BLE001 - logging must not fail the job
-            log.warning("wandb.finish failed: %s", e)
-
-
 def job_info(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """What identifies the job in its sweep (its latent contract is the training root's ``latent`` entry)."""
     try:
@@ -210,7 +199,7 @@ def run_sweep_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, fl
         metrics = train_fn(cfg)
     except Exception as e:
         if not cfg.sweep.get("continue_on_error", False):
-            _finish_wandb(1)
+            finish_wandb_run(1)
             raise
         tb = traceback.format_exc()
         (output_dir / ERROR_FILE).write_text(tb)
@@ -218,13 +207,13 @@ def run_sweep_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, fl
                   output_dir / ERROR_FILE)
         write_json_rank_zero(metrics_path, {"status": "failed", "error": f"{type(e).__name__}: {e}", "config_hash": chash,
                               "job": info, "job_wall_time_s": time.time() - start})
-        _finish_wandb(1)
+        finish_wandb_run(1)
         return {}
     record = read_json(metrics_path) or {"metrics": dict(metrics)}
     compute = read_json(output_dir / COMPUTE_FILE) or {}
     compute["job_wall_time_s"] = time.time() - start
     record.update({"status": "ok", "config_hash": chash, "job": info, "compute": compute})
     write_json_rank_zero(metrics_path, record)
-    _finish_wandb(0)
+    finish_wandb_run(0)
     return metrics
 
