@@ -11,7 +11,7 @@ in fp32, bf16-mixed, channels-last (and both), torch.compile; and the cost of 2-
   with the whole batch (1 thread): the global images/s of each, so the ratio is the speed-up from the
   second core minus the all-reduce.
 
-Variants run interleaved in one process with pinned threads (MACHINE-NOTES); the median of the rounds
+Variants run interleaved in one process with pinned threads (docs/machines.md); the median of the rounds
 is reported, in images per second of wall time. torch.compile's cold compile time is reported apart.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed_options.py [--quick] [--no-compile] [--no-ddp] \

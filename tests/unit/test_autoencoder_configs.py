@@ -19,7 +19,7 @@ from latentgen.errors import ConfigError
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FACTORS = [1, 2, 4, 8, 16, 32]
 KINDS = ["kl", "vq"]
-FULL = {  # f: (ch_mult, attention, z KL, z VQ) -- REFERENCE §1 table (f1, f2: our choice)
+FULL = {  # f: (ch_mult, attention, z KL, z VQ) -- docs/first_stage.md, "Shipped sizes" (f1, f2: ours)
     1: ([1], [], 3, 3),
     2: ([1, 2], [], 2, 3),
     4: ([1, 2, 4], [], 3, 3),

@@ -150,7 +150,7 @@ def test_v_and_velocity_definitions():
     sl = ScaledLinearSchedule()
     s = sl(t).reshape_like(x0)
     abar = s.alpha_t**2
-    # REFERENCE: v = sqrt(abar) eps - sqrt(1 - abar) x0
+    # Salimans & Ho 2022 (docs/diffusion.md): v = sqrt(abar) eps - sqrt(1 - abar) x0
     torch.testing.assert_close(VPrediction().target(x0, eps, s), abar.sqrt() * eps - (1 - abar).sqrt() * x0)
     rf = RectifiedFlowPath()(t).reshape_like(x0)
     torch.testing.assert_close(VelocityPrediction().target(x0, eps, rf), eps - x0)

@@ -1,6 +1,6 @@
 """The first-stage model: encoder -> (1x1 quant_conv) -> regularizer -> (1x1 post_quant_conv) -> decoder.
 
-``Autoencoder`` owns the latent contract (DESIGN "The latent contract has one owner"):
+``Autoencoder`` owns the latent contract (docs/architecture.md, "The latent contract"):
 ``downsample_factor`` (f), ``latent_channels`` and the latent scale/shift buffers. The second stage
 uses ``encode_scaled`` / ``decode_scaled``::
 

@@ -1,6 +1,6 @@
 """PatchGAN discriminator (Isola et al. 2017, pix2pix; as used by VQGAN/LDM: "NLayerDiscriminator").
 
-Architecture (REFERENCE §1), with 4x4 kernels and padding 1:
+Architecture (docs/first_stage.md, "PatchGAN discriminator"), with 4x4 kernels and padding 1:
 
     conv(C -> ndf, stride 2) + LeakyReLU(0.2)
     (n_layers - 1) x [conv(stride 2) + norm + LeakyReLU(0.2)], channels ndf * min(2^n, 8)

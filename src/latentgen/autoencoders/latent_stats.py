@@ -1,6 +1,6 @@
 """Measure the latent scale (and optional shift) of a first stage from data, identically on every DDP rank.
 
-Convention (LDM, REFERENCE §1 "Latent scale"):
+Convention (LDM; docs/first_stage.md, "Latent scale and shift"):
 
 - ``scale = 1 / std(z)``, the std over all latent elements of all measured batches (unbiased, as
   ``torch.std``), so that ``encode_scaled`` has unit variance. LDM computes it from one batch on rank 0

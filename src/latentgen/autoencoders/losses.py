@@ -1,6 +1,6 @@
 """First-stage loss: L1/L2 + perceptual + learned-variance NLL + regulariser + adaptive PatchGAN term.
 
-Formulas from LDM/VQGAN (REFERENCE §1; Esser et al. 2021, Eq. 6-7; Rombach et al. 2022, App. G):
+Formulas from LDM/VQGAN (docs/first_stage.md; Esser et al. 2021, Eq. 6-7; Rombach et al. 2022, App. G):
 
     rec      = l1 * |x - x̂| + l2 * (x - x̂)^2 + perceptual_weight * LPIPS(x, x̂)      per pixel, (B,C,H,W);
                LPIPS (B,) is broadcast to every pixel, as in LDM

@@ -4,7 +4,7 @@ All share one small interface (:class:`Regularizer`):
 
 - ``moments_factor`` (class attribute): channels the encoder emits per latent channel (KL 2, VQ 1, identity 1).
 - ``nll_reduction`` (class attribute): how the reconstruction NLL is reduced in the loss that pairs with
-  this regularizer. KL: ``"sum"`` (sum over pixels / B, LDM); VQ and identity: ``"mean"`` (REFERENCE §1).
+  this regularizer. KL: ``"sum"`` (sum over pixels / B, LDM); VQ, identity: ``"mean"`` (docs/first_stage.md).
   The published loss weights only make sense with these reductions.
 - ``weight`` (constructor kwarg): the weight of the regularizer's loss in the total
   (KL: ``kl_weight`` = 1e-6; VQ: ``codebook_weight`` = 1.0; identity: 0).
@@ -85,7 +85,7 @@ class KLRegularizer(Regularizer):
 
     The encoder emits 2C channels: ``h = cat(mean, logvar)`` along channels. ``logvar`` is clamped to
     [-30, 20] (LDM). The loss is ``KL(q || N(0, I))`` summed over C, H, W and averaged over the batch
-    (REFERENCE §1); the typical weight is ``kl_weight = 1e-6``.
+    (docs/first_stage.md, "Regularizers"); the typical weight is ``kl_weight = 1e-6``.
     """
 
     moments_factor: ClassVar[int] = 2
@@ -123,7 +123,7 @@ class KLRegularizer(Regularizer):
         with torch.autocast(device_type=h.device.type, enabled=False):
             mean, logvar = self.moments(h)
             z = self._sample(mean, logvar, None)  # (B, C, h, w)
-            loss = self.kl(mean, logvar).mean()  # sum over C,H,W, mean over B (REFERENCE §1)
+            loss = self.kl(mean, logvar).mean()  # sum over C,H,W, mean over B (docs/first_stage.md)
         log = {"kl": loss.detach(), "posterior_std": torch.exp(0.5 * logvar).mean().detach()}
         return RegularizerOutput(z.to(h.dtype), loss, log)
 
@@ -145,7 +145,7 @@ class VectorQuantizer(Regularizer):
 
         loss = ||sg[z] - e||^2 + beta * ||z - sg[e]||^2          (beta = 0.25, on the commitment term)
 
-    Unlike taming's ``legacy=True`` default, beta multiplies the commitment term (REFERENCE §1).
+    Unlike taming's ``legacy=True`` default, beta multiplies the commitment term (docs/pitfalls.md).
     Squared norms are means over elements, as in VQGAN.
 
     Options:

@@ -1,4 +1,4 @@
-"""Generative modelling shared by diffusion and flow matching (see DESIGN.md, "generative/").
+"""Generative modelling shared by diffusion and flow matching (docs/diffusion.md).
 
 Diffusion versus flow matching is a config choice: ``Objective(schedule, prediction, time_sampler,
 weighting)`` plus a stateless sampler. Conventions: t in [0, 1], t=0 data, t=1 noise,

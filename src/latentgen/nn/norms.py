@@ -13,7 +13,7 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm whose statistics are computed in float32 under bf16/fp16 autocast, output in the input dtype.
 
     Normalization statistics are one of the numerically sensitive places under mixed precision
-    (REFERENCE §6). Paths, all with fp32 statistics (chosen from dtype/device/layout only, so
+    (docs/pitfalls.md). Paths, all with fp32 statistics (chosen from dtype/device/layout only, so
     ``torch.compile`` sees no data-dependent branch):
 
     - fp32 input: a plain ``F.group_norm`` (no casts, no autocast context: the common case costs nothing extra);

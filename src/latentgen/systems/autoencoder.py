@@ -1,4 +1,4 @@
-"""The first-stage system: an autoencoder trained with L1 + LPIPS + PatchGAN (REFERENCE §1).
+"""The first-stage system: an autoencoder trained with L1 + LPIPS + PatchGAN (docs/first_stage.md).
 
 Manual optimization with two optimizers (Lightning 2): the autoencoder (and the loss's learned
 log-variance) and the discriminator. Only the autoencoder's optimizer is stepped through Lightning's

@@ -1,7 +1,7 @@
 """Exponential moving average of a module's parameters, kept as a frozen copy inside the system.
 
 Because the copy is a submodule, it is part of the system's ``state_dict``: it is saved in every
-checkpoint and restored bit-exactly on resume (DiT/SiT lose it, REFERENCE §2). Under DDP every rank
+checkpoint and restored bit-exactly on resume (DiT/SiT lose it: docs/pitfalls.md). Under DDP every rank
 applies the same update to the same (all-reduced) parameters, so the copies stay identical.
 """
 
