@@ -35,7 +35,7 @@ def silence_expected_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     # The autoencoder checkpoints after its optimizer step on purpose (manual optimization).
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
-    # Lightning 2.6 on torch 2.14 warns about torch's LeafSpec inside fit (docs/machines.md).
+    # Lightning 2.6 on torch 2.14 warns about torch's LeafSpec inside fit (docs/machines.md#lightning-leafspec-warning).
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
 
