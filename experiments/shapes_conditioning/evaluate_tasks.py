@@ -115,7 +115,7 @@ def write(task: str, results: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- tasks
 def text2img(args) -> None:
-    from latentgen.conditioning.attribute_classifier import attribute_alignment, load_attribute_classifier
+    from latentgen.metrics.attribute_classifier import attribute_alignment, load_attribute_classifier
     from latentgen.conditioning.prompts import batch_from_prompts, check_prompt_supported
 
     system, stored = load(args.run_dir)
@@ -229,7 +229,7 @@ def superres(args) -> None:
 
 
 def semantic(args) -> None:
-    from latentgen.conditioning.attribute_classifier import load_attribute_classifier
+    from latentgen.metrics.attribute_classifier import load_attribute_classifier
 
     system, stored = load(args.run_dir)
     cond = system.ema.shadow["conditioner"].eval()

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from latentgen.conditioning.attribute_classifier import (
+from latentgen.metrics.attribute_classifier import (
     AttributeClassifierNet,
     attribute_alignment,
     caption_from_attributes,

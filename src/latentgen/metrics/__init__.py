@@ -14,9 +14,11 @@ reference-feature cache: :class:`ReferenceCache`, :class:`ReferenceKey`, :func:`
 Extractors: :class:`InceptionFID`, :class:`FIDHelperInception`, :class:`DatasetClassifierExtractor`,
 :class:`DINOv2Extractor`, :class:`CLIPExtractor`.
 
-Modules: ``frechet``, ``kid``, ``knn`` (precision/recall, density/coverage), ``isc``, ``extractors``,
-``feature_stats``, ``reconstruction``, ``train_extractor`` (CLI). The feature-space functions (torch +
-numpy only) are imported here; the rest lazily on first use (torchmetrics costs seconds to import).
+Modules: ``frechet``, ``kid``, ``knn`` (precision/recall, density/coverage), ``isc``, ``extractors/`` (one
+module per extractor), ``dataset_classifier`` (network, extractor, training, config factory and command
+line), ``attribute_classifier`` (text-to-image alignment on shapes), ``classifier_training`` (their shared
+loop), ``feature_stats``, ``reconstruction``. The feature-space functions (torch + numpy only) are imported
+here; the rest lazily on first use (torchmetrics costs seconds to import).
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ from latentgen.metrics.kid import kernel_inception_distance
 from latentgen.metrics.knn import density_coverage, precision_recall
 
 _EXPORTS = {
-    "FeatureExtractor": "extractors",
-    "InceptionFID": "extractors",
-    "FIDHelperInception": "extractors",
-    "DatasetClassifierExtractor": "extractors",
-    "DINOv2Extractor": "extractors",
-    "CLIPExtractor": "extractors",
-    "to_uint8_images": "extractors",
-    "train_dataset_classifier": "extractors",
-    "save_dataset_classifier": "extractors",
+    "FeatureExtractor": "extractors.base",
+    "InceptionFID": "extractors.inception",
+    "FIDHelperInception": "extractors.fid_helper",
+    "DatasetClassifierExtractor": "dataset_classifier",
+    "DINOv2Extractor": "extractors.dinov2",
+    "CLIPExtractor": "extractors.clip",
+    "to_uint8_images": "extractors.base",
+    "train_dataset_classifier": "dataset_classifier",
+    "save_dataset_classifier": "dataset_classifier",
     "GenerativeMetrics": "feature_stats",
     "ReferenceCache": "feature_stats",
     "ReferenceKey": "feature_stats",

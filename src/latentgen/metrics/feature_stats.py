@@ -63,7 +63,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from latentgen.errors import CheckpointError, ConfigError, DataError
 from latentgen.files import atomic_torch_save
-from latentgen.metrics.extractors import FeatureExtractor, to_uint8_images
+from latentgen.metrics.extractors.base import FeatureExtractor, to_uint8_images
 from latentgen.metrics.frechet import feature_statistics, frechet_distance
 from latentgen.metrics.isc import inception_score
 from latentgen.metrics.kid import kernel_inception_distance

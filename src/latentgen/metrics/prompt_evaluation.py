@@ -36,7 +36,7 @@ def prompt_samples(
         "nfe": sampler_nfe(system, None),
     }
     if attribute_classifier:
-        from latentgen.conditioning.attribute_classifier import attribute_alignment, load_attribute_classifier
+        from latentgen.metrics.attribute_classifier import attribute_alignment, load_attribute_classifier
 
         results.update(attribute_alignment(load_attribute_classifier(attribute_classifier), images, captions))
     return results, images
