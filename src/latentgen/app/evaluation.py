@@ -32,7 +32,7 @@ from latentgen.errors import ConfigError
 from latentgen.files import atomic_write_json
 from latentgen.images import save_grid
 from latentgen.metrics.autoencoder_evaluation import autoencoder_metrics
-from latentgen.metrics.feature_stats import rank_and_world
+from latentgen.metrics.distributed import rank_and_world
 from latentgen.metrics.generator_evaluation import generator_metrics, pop_phase_seconds, to_device
 from latentgen.metrics.prompt_evaluation import prompt_samples
 from latentgen.systems.autoencoder import AutoencoderSystem

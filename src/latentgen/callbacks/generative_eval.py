@@ -145,7 +145,7 @@ class GenerativeEvalCallback(L.Callback):
     @torch.no_grad()
     def reconstruction_metrics(self, pl_module) -> dict[str, float]:
         """PSNR / SSIM (/ LPIPS) / rFID of the frozen first stage on (up to num_samples of) the val split."""
-        from latentgen.metrics.feature_stats import GenerativeMetrics
+        from latentgen.metrics.generative_metrics import GenerativeMetrics
         from latentgen.metrics.reconstruction import ReconstructionMetrics
 
         def reconstruct(x: torch.Tensor) -> torch.Tensor:

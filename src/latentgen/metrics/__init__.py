@@ -9,6 +9,10 @@ Feature-space functions take (N, D) features (torch or numpy) and return Python 
 - :func:`density_coverage`
 - :func:`inception_score` (from logits)
 
+The same as configurable classes over one feature store (chosen by ``conf/metrics/``): :class:`FID`,
+:class:`KID`, :class:`PrecisionRecall`, :class:`DensityCoverage`, :class:`InceptionScore`, all
+:class:`FeatureMetric` s.
+
 Batch-wise, DDP-synced accumulation: :class:`GenerativeMetrics`, :class:`ReconstructionMetrics`;
 reference-feature cache: :class:`ReferenceCache`, :class:`ReferenceKey`, :func:`reference_features`.
 Extractors: :class:`InceptionFID`, :class:`FIDHelperInception`, :class:`DatasetClassifierExtractor`,
@@ -17,7 +21,9 @@ Extractors: :class:`InceptionFID`, :class:`FIDHelperInception`, :class:`DatasetC
 Modules: ``frechet``, ``kid``, ``knn`` (precision/recall, density/coverage), ``isc``, ``extractors/`` (one
 module per extractor), ``dataset_classifier`` (network, extractor, training, config factory and command
 line), ``attribute_classifier`` (text-to-image alignment on shapes), ``classifier_training`` (their shared
-loop), ``feature_stats``, ``reconstruction``. The feature-space functions (torch + numpy only) are imported
+loop), ``feature_metrics`` (FID, KID, IS, PR, DC as classes over one feature store),
+``generative_metrics`` (that store), ``reference_cache``, ``feature_extraction``, ``distributed``,
+``reconstruction``. The feature-space functions (torch + numpy only) are imported
 here; the rest lazily on first use (torchmetrics costs seconds to import).
 """
 
@@ -42,13 +48,20 @@ _EXPORTS = {
     "to_uint8_images": "extractors.base",
     "train_dataset_classifier": "dataset_classifier",
     "save_dataset_classifier": "dataset_classifier",
-    "GenerativeMetrics": "feature_stats",
-    "ReferenceCache": "feature_stats",
-    "ReferenceKey": "feature_stats",
-    "ReferenceFeatures": "feature_stats",
-    "extract_features": "feature_stats",
-    "reference_features": "feature_stats",
-    "METRIC_NAMES": "feature_stats",
+    "GenerativeMetrics": "generative_metrics",
+    "METRIC_NAMES": "generative_metrics",
+    "FeatureMetric": "feature_metrics",
+    "FeatureSet": "feature_metrics",
+    "FID": "feature_metrics",
+    "KID": "feature_metrics",
+    "PrecisionRecall": "feature_metrics",
+    "DensityCoverage": "feature_metrics",
+    "InceptionScore": "feature_metrics",
+    "ReferenceCache": "reference_cache",
+    "ReferenceKey": "reference_cache",
+    "ReferenceFeatures": "reference_cache",
+    "reference_features": "reference_cache",
+    "extract_features": "feature_extraction",
     "ReconstructionMetrics": "reconstruction",
     "psnr_per_sample": "reconstruction",
     "ssim_per_sample": "reconstruction",
@@ -59,11 +72,18 @@ __all__ = [
     "CLIPExtractor",
     "DINOv2Extractor",
     "DatasetClassifierExtractor",
+    "DensityCoverage",
+    "FID",
     "FIDHelperInception",
     "FeatureExtractor",
+    "FeatureMetric",
+    "FeatureSet",
     "GenerativeMetrics",
     "InceptionFID",
+    "InceptionScore",
+    "KID",
     "NotEnoughSamplesError",
+    "PrecisionRecall",
     "ReconstructionMetrics",
     "ReferenceCache",
     "ReferenceFeatures",

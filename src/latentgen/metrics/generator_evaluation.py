@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from latentgen.metrics.feature_stats import rank_and_world
+from latentgen.metrics.distributed import rank_and_world
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -89,7 +89,8 @@ def generator_metrics(
     sharded already): a detached one iterates the data in the same order on every rank. On a cache
     miss the reference features are extracted the same way, rank r taking real batches r, r + world, ...
     """
-    from latentgen.metrics.feature_stats import GenerativeMetrics, ReferenceCache, ReferenceKey, reference_features
+    from latentgen.metrics.generative_metrics import GenerativeMetrics
+    from latentgen.metrics.reference_cache import ReferenceCache, ReferenceKey, reference_features
 
     datamodule.setup("fit" if split == "train" else "validate")
     available = len(datamodule.dataset(split))
