@@ -68,12 +68,13 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "FID",
+    "KID",
     "METRIC_NAMES",
     "CLIPExtractor",
     "DINOv2Extractor",
     "DatasetClassifierExtractor",
     "DensityCoverage",
-    "FID",
     "FIDHelperInception",
     "FeatureExtractor",
     "FeatureMetric",
@@ -81,7 +82,6 @@ __all__ = [
     "GenerativeMetrics",
     "InceptionFID",
     "InceptionScore",
-    "KID",
     "NotEnoughSamplesError",
     "PrecisionRecall",
     "ReconstructionMetrics",

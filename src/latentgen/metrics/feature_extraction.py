@@ -82,7 +82,6 @@ def extract_features(
     return result
 
 
-
 def extract_shard_and_gather(
     extractor: FeatureExtractor,
     batches: Iterable[Any],

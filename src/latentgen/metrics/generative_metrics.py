@@ -43,6 +43,7 @@ from latentgen.metrics.feature_metrics import (
 __all__ = ["METRIC_NAMES", "GenerativeMetrics", "builtin_metrics"]
 
 METRIC_NAMES = ("fid", "kid", "prc", "density_coverage", "is")
+DEFAULT_METRICS = ("fid", "kid", "prc", "density_coverage")
 
 
 def builtin_metrics(
@@ -97,7 +98,7 @@ class GenerativeMetrics(Metric):
     def __init__(
         self,
         extractor: FeatureExtractor | None = None,
-        metrics: Sequence[FeatureMetric | str] | Mapping[str, FeatureMetric] = ("fid", "kid", "prc", "density_coverage"),
+        metrics: Sequence[FeatureMetric | str] | Mapping[str, FeatureMetric] = DEFAULT_METRICS,
         **kwargs: Any,
     ) -> None:
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in _BUILTIN_SETTINGS}

@@ -204,9 +204,7 @@ def reference_features(
             return hit
     it = batches() if callable(batches) else batches
     if world > 1:
-        out = extract_shard_and_gather(
-            extractor, it, key.num_samples, rank, world, device, collective_device, progress
-        )
+        out = extract_shard_and_gather(extractor, it, key.num_samples, rank, world, device, collective_device, progress)
     else:
         out = extract_features(
             extractor, it, num_samples=key.num_samples, device=device, progress=progress, desc="reference"
