@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from latentgen.errors import ConfigError
 from latentgen.metrics.frechet import feature_statistics, frechet_distance
 from latentgen.metrics.isc import inception_score
 from latentgen.metrics.kid import kernel_inception_distance
@@ -167,6 +168,8 @@ class InceptionScore(FeatureMetric):
         self.splits, self.seed = int(splits), int(seed)
 
     def compute(self, features: FeatureSet) -> dict[str, float]:
+        if features.fake_logits is None:
+            raise ConfigError("the Inception Score needs the generated images' logits; none were gathered")
         mean, std = inception_score(features.fake_logits, splits=self.splits, seed=self.seed)
         return {"is_mean": mean, "is_std": std}
 

@@ -103,12 +103,14 @@ class GenerativeMetrics(Metric):
     ) -> None:
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in _BUILTIN_SETTINGS}
         super().__init__(**kwargs)
-        chosen = list(metrics.values()) if isinstance(metrics, Mapping) else list(metrics)
-        if chosen and all(isinstance(m, str) for m in chosen):
-            chosen = builtin_metrics(chosen, **settings)
+        given = list(metrics.values()) if isinstance(metrics, Mapping) else list(metrics)
+        names = [m for m in given if isinstance(m, str)]
+        if given and len(names) == len(given):
+            given = list(builtin_metrics(names, **settings))
         elif settings:
             raise ConfigError(f"{sorted(settings)} set the built-in metrics chosen by name; set them on the metrics")
-        bad = [m for m in chosen if not isinstance(m, FeatureMetric)]
+        chosen = [m for m in given if isinstance(m, FeatureMetric)]
+        bad = [m for m in given if not isinstance(m, FeatureMetric)]
         if bad or not chosen:
             raise ConfigError(
                 f"metrics: {bad or 'none'} given; choose FeatureMetric instances (conf/metrics/) or names {list(METRIC_NAMES)}"
@@ -217,7 +219,6 @@ class GenerativeMetrics(Metric):
             raise DataError(
                 f"real features have dim {real.shape[1]} but generated ones {fake.shape[1]}: mixed extractors"
             )
-        out: dict[str, float] = {"num_real": float(real.shape[0]), "num_fake": float(fake.shape[0])}
         logits = dim_zero_cat(self.fake_logits) if self.needs_logits else None  # (M, K)
         features = FeatureSet(real=real, fake=fake, fake_logits=logits)
         out: dict[str, float] = {"num_real": float(real.shape[0]), "num_fake": float(fake.shape[0])}

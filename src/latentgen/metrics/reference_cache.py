@@ -195,7 +195,7 @@ def reference_features(
     if key.extractor_name != extractor.name or key.extractor_fingerprint != extractor.fingerprint():
         raise ConfigError(f"ReferenceKey was made for extractor '{key.extractor_name}', not '{extractor.name}'")
     rank, world = rank_and_world()
-    collective_device = comm_device(extractor, device) if world > 1 else None
+    collective_device = comm_device(extractor, device)  # used only when world > 1
     if cache is not None:
         hit = cache.load(key)
         if world > 1 and not on_every_rank(hit is not None, collective_device):
