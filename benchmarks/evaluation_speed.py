@@ -37,7 +37,8 @@ def _clock() -> tuple[float, float]:
 def extract(args) -> dict:
     import torch
 
-    from latentgen.metrics.extractors import DatasetClassifierExtractor, FIDHelperInception
+    from latentgen.metrics.dataset_classifier import DatasetClassifierExtractor
+    from latentgen.metrics.extractors.fid_helper import FIDHelperInception
 
     ours = FIDHelperInception()
     # The peer: torch-fidelity's FeatureExtractorInceptionV3 itself, holding the same weights.

@@ -115,8 +115,8 @@ def write(task: str, results: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- tasks
 def text2img(args) -> None:
-    from latentgen.conditioning.attribute_classifier import attribute_alignment, load_attribute_classifier
-    from latentgen.conditioning.prompts import batch_from_prompts, check_prompt_supported
+    from latentgen.metrics.attribute_classifier import attribute_alignment, load_attribute_classifier
+    from latentgen.metrics.prompt_evaluation import batch_from_prompts, check_prompt_supported
 
     system, stored = load(args.run_dir)
     check_prompt_supported(system.conditioner)
@@ -156,7 +156,7 @@ def text2img(args) -> None:
 
 
 def inpaint(args) -> None:
-    from latentgen.conditioning.task_metrics import inpainting_metrics
+    from task_metrics import inpainting_metrics  # beside this script
 
     lp = st_lpips()
     system, stored = load(args.run_dir)
@@ -201,7 +201,7 @@ def st_lpips():
 
 
 def superres(args) -> None:
-    from latentgen.conditioning.task_metrics import superres_metrics
+    from task_metrics import superres_metrics  # beside this script
 
     lp = st_lpips()
     system, stored = load(args.run_dir)
@@ -229,7 +229,7 @@ def superres(args) -> None:
 
 
 def semantic(args) -> None:
-    from latentgen.conditioning.attribute_classifier import load_attribute_classifier
+    from latentgen.metrics.attribute_classifier import load_attribute_classifier
 
     system, stored = load(args.run_dir)
     cond = system.ema.shadow["conditioner"].eval()

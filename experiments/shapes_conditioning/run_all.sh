@@ -15,7 +15,7 @@ FS=$OUT/first_stage/checkpoints/autoencoder.safetensors
     hydra.run.dir=$OUT/first_stage "${QUIET[@]}"
 # 1. The attribute classifier for text-to-image alignment.
 CLF=.cache/latentgen/classifiers/shapes_attributes_32px
-[ -f $CLF.safetensors ] || T classifier .venv/bin/python -m latentgen.conditioning.attribute_classifier --out $CLF
+[ -f $CLF.safetensors ] || T classifier .venv/bin/python -m latentgen.metrics.attribute_classifier --out $CLF
 # 2. The four tasks on that first stage (final grid only: sample_every_n_steps=0).
 for task in text2img inpaint superres semantic; do
     extra=(); [ $task = text2img ] && extra=(guidance.scale=3)

@@ -129,6 +129,7 @@ SAFE_BASES = (
     "latentgen.generative.samplers.Sampler",
     "latentgen.generative.time_grids.Spacing",
     "latentgen.conditioning.tokenizers.Tokenizer",
+    "latentgen.metrics.feature_metrics.FeatureMetric",
 )
 FACTORIES = (
     "latentgen.systems.lr_schedules.warmup_cosine",

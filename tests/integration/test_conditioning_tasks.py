@@ -13,8 +13,8 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from latentgen.conditioning.attribute_classifier import save_attribute_classifier, train_attribute_classifier
-from latentgen.conditioning.prompts import batch_from_prompts, check_prompt_supported
+from latentgen.metrics.attribute_classifier import save_attribute_classifier, train_attribute_classifier
+from latentgen.metrics.prompt_evaluation import batch_from_prompts, check_prompt_supported
 from latentgen.data import ShapesDataset
 from latentgen.app.evaluation import evaluate as run_evaluation
 from latentgen.errors import ConfigError

@@ -9,7 +9,7 @@ import pytest
 from latentgen.data import DigitsDataset
 from latentgen.errors import CheckpointError
 from latentgen.app.evaluation import evaluate as run_evaluation
-from latentgen.metrics.extractors import save_dataset_classifier, train_dataset_classifier
+from latentgen.metrics.dataset_classifier import save_dataset_classifier, train_dataset_classifier
 from tests.helpers import compose_config
 
 

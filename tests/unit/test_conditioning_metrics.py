@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from latentgen.conditioning.attribute_classifier import (
+from latentgen.metrics.attribute_classifier import (
     AttributeClassifierNet,
     attribute_alignment,
     caption_from_attributes,
@@ -16,7 +16,7 @@ from latentgen.conditioning.attribute_classifier import (
     save_attribute_classifier,
     train_attribute_classifier,
 )
-from latentgen.conditioning.task_metrics import inpainting_metrics, psnr, region_l1, superres_metrics
+from experiments.shapes_conditioning.task_metrics import inpainting_metrics, psnr, region_l1, superres_metrics
 from latentgen.data.shapes import ATTRIBUTES, ShapesDataset
 from latentgen.errors import WeightsNotFoundError
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from latentgen.conditioning.prompts import batch_from_prompts, check_prompt_supported
+from latentgen.metrics.prompt_evaluation import batch_from_prompts, check_prompt_supported
 from latentgen.errors import ConfigError
 from tests.helpers import compose_config
 

@@ -85,7 +85,7 @@ REF_IMAGES, REF_BATCH, REF_N = 37, 8, 30  # batches of 8, 8, 8, 6 once cut at 30
 
 
 def _reference(cache_dir):
-    from latentgen.metrics.feature_stats import ReferenceCache, ReferenceKey, reference_features
+    from latentgen.metrics.reference_cache import ReferenceCache, ReferenceKey, reference_features
     from tests.unit.test_metrics_feature_stats import _images
 
     extractor = TinyExtractor()

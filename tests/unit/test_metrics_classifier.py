@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from latentgen.errors import CheckpointError, ConfigError, WeightsNotFoundError
-from latentgen.metrics.extractors import (
+from latentgen.metrics.dataset_classifier import (
     DatasetClassifierExtractor,
     save_dataset_classifier,
     train_dataset_classifier,
@@ -71,11 +71,51 @@ def test_save_load_roundtrip_and_errors(trained, tmp_path, monkeypatch):
         DatasetClassifierExtractor(weights_path=str(weights))
 
 
+@pytest.mark.parametrize(("key", "value"), [("feature_dim", None), ("in_channels", None), ("width", "wide")])
+def test_a_json_without_an_architecture_key_is_a_named_error(trained, tmp_path, key, value):
+    ex, _ = trained
+    weights, meta_path = save_dataset_classifier(ex, tmp_path / "clf")
+    meta = json.loads(meta_path.read_text())
+    if value is None:
+        del meta[key]
+    else:
+        meta[key] = value
+    meta_path.write_text(json.dumps(meta))
+    # was a bare KeyError('feature_dim'), naming neither the file nor what to do
+    with pytest.raises(CheckpointError, match=rf"clf\.json.*'{key}'.*python -m latentgen\.metrics\.dataset_classifier"):
+        DatasetClassifierExtractor(weights_path=str(weights))
+
+
+def test_the_config_factory_loads_or_trains_on_first_use(trained, tmp_path, monkeypatch):
+    from latentgen.metrics.dataset_classifier import dataset_classifier_extractor
+
+    ex, _ = trained
+    weights, _ = save_dataset_classifier(ex, tmp_path / "clf")
+    loaded = dataset_classifier_extractor(str(tmp_path / "clf"))  # the suffix is added
+    assert loaded.fingerprint() == DatasetClassifierExtractor(weights_path=str(weights)).fingerprint()
+    monkeypatch.delenv("LATENTGEN_CLASSIFIER_WEIGHTS", raising=False)
+    with pytest.raises(WeightsNotFoundError, match="extractor.weights_path"):
+        dataset_classifier_extractor(None)  # conf/extractor/dataset_classifier.yaml as shipped
+
+    class _DataModule:
+        resolution = 16
+
+        def setup(self, stage):
+            pass
+
+        def dataset(self, split):
+            return _Digits(0, 300) if split == "train" else _Digits(1400, 1500)
+
+    trained_now = dataset_classifier_extractor(tmp_path / "new.safetensors", _DataModule(), epochs=1)
+    assert (tmp_path / "new.safetensors").is_file() and (tmp_path / "new.json").is_file()
+    assert trained_now.num_classes == 10 and not list(tmp_path.glob(".new*"))
+
+
 def test_cli_trains_on_a_conf_data_option(tmp_path, capsys):
-    from latentgen.metrics import train_extractor
+    from latentgen.metrics import dataset_classifier
 
     out = tmp_path / "digits_clf"
-    rc = train_extractor.main(
+    rc = dataset_classifier.main(
         ["data=digits", "data.resolution=16", f"out={out}", "epochs=1", "max_samples=256", "progress=false"]
     )
     assert rc == 0
@@ -84,6 +124,6 @@ def test_cli_trains_on_a_conf_data_option(tmp_path, capsys):
     assert meta["class_names"] == [str(i) for i in range(10)]
     assert "val_accuracy" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="out="):
-        train_extractor.main(["data=digits"])
+        dataset_classifier.main(["data=digits"])
     with pytest.raises(ConfigError, match="unknown key"):
-        train_extractor.main(["data=digits", "out=x", "lr_typo=1"])
+        dataset_classifier.main(["data=digits", "out=x", "lr_typo=1"])

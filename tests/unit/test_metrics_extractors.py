@@ -10,17 +10,16 @@ import pytest
 import torch
 
 from latentgen.errors import CheckpointError, ConfigError, DataError, WeightsNotFoundError
-from latentgen.metrics.extractors import (
-    INCEPTION_FILENAME,
-    CLIPExtractor,
-    DINOv2Extractor,
+from latentgen.metrics.extractors.base import to_uint8_images
+from latentgen.metrics.extractors.clip import CLIPExtractor
+from latentgen.metrics.extractors.dinov2 import DINOv2Extractor
+from latentgen.metrics.extractors.fid_helper import (
     FIDHelperInception,
-    InceptionFID,
     fid_helper_conv_names,
     fid_helper_package_file,
     fid_helper_to_torch_fidelity,
-    to_uint8_images,
 )
+from latentgen.metrics.extractors.inception import INCEPTION_FILENAME, InceptionFID
 
 
 def _random_torch_fidelity_inception():
@@ -70,7 +69,7 @@ def test_inception_loader_on_test_made_file_matches_torch_fidelity(random_incept
     assert ex.feature_dim == 2048 and ex.has_logits
     # a test-made file is not the official one, and the label says so
     assert ex.weights_label.startswith("inception-v3-tf-2015-12-05 layout, NOT the official weights")
-    with mock.patch("latentgen.metrics.extractors.INCEPTION_SHA256_PREFIX", ex.fingerprint()[:8]):
+    with mock.patch("latentgen.metrics.extractors.inception.INCEPTION_SHA256_PREFIX", ex.fingerprint()[:8]):
         assert InceptionFID().weights_label == "inception-v3-tf-2015-12-05 (torch-fidelity)"
     assert not any(p.requires_grad for p in ex.parameters())
     images = (torch.rand(2, 3, 32, 32) * 255).to(torch.uint8)  # resized to 299 px inside
@@ -134,7 +133,7 @@ def test_fid_helper_mapping_covers_every_torch_fidelity_conv():
 def test_fid_helper_missing_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("LATENTGEN_FID_HELPER_WEIGHTS", raising=False)
     with (
-        mock.patch("latentgen.metrics.extractors.fid_helper_package_file", return_value=None),
+        mock.patch("latentgen.metrics.extractors.fid_helper.fid_helper_package_file", return_value=None),
         pytest.raises(WeightsNotFoundError) as info,
     ):
         FIDHelperInception()

@@ -22,7 +22,7 @@ from latentgen.metrics import (
     precision_recall,
     reference_features,
 )
-from latentgen.metrics.extractors import FeatureExtractor
+from latentgen.metrics.extractors.base import FeatureExtractor
 
 ALL = ["fid", "kid", "prc", "density_coverage", "is"]
 

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from latentgen.files import atomic_write_json
 from latentgen.metrics.autoencoder_evaluation import reconstruct_val_split
+from latentgen.metrics.feature_metrics import FeatureMetric
 from latentgen.metrics.generator_evaluation import generator_metrics, pop_phase_seconds
 
 log = logging.getLogger("latentgen")
@@ -47,7 +49,7 @@ class GenerativeEvalCallback(L.Callback):
         batch_size: int = 100,
         sampling_steps: int | None = None,
         final_sampling_steps: list[int] | None = None,
-        metrics: list[str] | tuple[str, ...] = ("fid", "prc", "density_coverage"),
+        metrics: Mapping[str, FeatureMetric] | Sequence[FeatureMetric | str] = ("fid", "prc", "density_coverage"),
         cache_dir: str | os.PathLike | None = None,
         dataset_key: dict[str, Any] | None = None,
         split: str = "train",
@@ -70,7 +72,8 @@ class GenerativeEvalCallback(L.Callback):
         self.batch_size = int(batch_size)
         self.sampling_steps = None if sampling_steps is None else int(sampling_steps)
         self.final_sampling_steps = [int(s) for s in (final_sampling_steps or [])]
-        self.metrics = list(metrics)
+        # built from conf/metrics/ (a mapping name -> metric), or a list of metrics or built-in names
+        self.metrics = list(metrics.values()) if isinstance(metrics, Mapping) else list(metrics)
         self.cache_dir = None if cache_dir in (None, "") else str(cache_dir)
         self.dataset_key = dict(dataset_key or {})
         self.split = split
@@ -145,7 +148,7 @@ class GenerativeEvalCallback(L.Callback):
     @torch.no_grad()
     def reconstruction_metrics(self, pl_module) -> dict[str, float]:
         """PSNR / SSIM (/ LPIPS) / rFID of the frozen first stage on (up to num_samples of) the val split."""
-        from latentgen.metrics.feature_stats import GenerativeMetrics
+        from latentgen.metrics.generative_metrics import GenerativeMetrics
         from latentgen.metrics.reconstruction import ReconstructionMetrics
 
         def reconstruct(x: torch.Tensor) -> torch.Tensor:

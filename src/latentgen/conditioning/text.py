@@ -41,7 +41,7 @@ def read_captions(batch: dict[str, Any], who: str) -> list[str]:
     if captions is None:
         raise DataError(
             f"{who} needs batch['caption'] (list[str]), but the batch has keys {sorted(batch)}: use a dataset with "
-            "captions (data=shapes), or pass prompts (latentgen.conditioning.prompts.batch_from_prompts)"
+            "captions (data=shapes), or pass prompts (latentgen.metrics.prompt_evaluation.batch_from_prompts)"
         )
     if isinstance(captions, str):
         captions = [captions]

@@ -9,14 +9,22 @@ Feature-space functions take (N, D) features (torch or numpy) and return Python 
 - :func:`density_coverage`
 - :func:`inception_score` (from logits)
 
+The same as configurable classes over one feature store (chosen by ``conf/metrics/``): :class:`FID`,
+:class:`KID`, :class:`PrecisionRecall`, :class:`DensityCoverage`, :class:`InceptionScore`, all
+:class:`FeatureMetric` s.
+
 Batch-wise, DDP-synced accumulation: :class:`GenerativeMetrics`, :class:`ReconstructionMetrics`;
 reference-feature cache: :class:`ReferenceCache`, :class:`ReferenceKey`, :func:`reference_features`.
 Extractors: :class:`InceptionFID`, :class:`FIDHelperInception`, :class:`DatasetClassifierExtractor`,
 :class:`DINOv2Extractor`, :class:`CLIPExtractor`.
 
-Modules: ``frechet``, ``kid``, ``knn`` (precision/recall, density/coverage), ``isc``, ``extractors``,
-``feature_stats``, ``reconstruction``, ``train_extractor`` (CLI). The feature-space functions (torch +
-numpy only) are imported here; the rest lazily on first use (torchmetrics costs seconds to import).
+Modules: ``frechet``, ``kid``, ``knn`` (precision/recall, density/coverage), ``isc``, ``extractors/`` (one
+module per extractor), ``dataset_classifier`` (network, extractor, training, config factory and command
+line), ``attribute_classifier`` (text-to-image alignment on shapes), ``classifier_training`` (their shared
+loop), ``feature_metrics`` (FID, KID, IS, PR, DC as classes over one feature store),
+``generative_metrics`` (that store), ``reference_cache``, ``feature_extraction``, ``distributed``,
+``reconstruction``. The feature-space functions (torch + numpy only) are imported
+here; the rest lazily on first use (torchmetrics costs seconds to import).
 """
 
 from __future__ import annotations
@@ -31,37 +39,51 @@ from latentgen.metrics.kid import kernel_inception_distance
 from latentgen.metrics.knn import density_coverage, precision_recall
 
 _EXPORTS = {
-    "FeatureExtractor": "extractors",
-    "InceptionFID": "extractors",
-    "FIDHelperInception": "extractors",
-    "DatasetClassifierExtractor": "extractors",
-    "DINOv2Extractor": "extractors",
-    "CLIPExtractor": "extractors",
-    "to_uint8_images": "extractors",
-    "train_dataset_classifier": "extractors",
-    "save_dataset_classifier": "extractors",
-    "GenerativeMetrics": "feature_stats",
-    "ReferenceCache": "feature_stats",
-    "ReferenceKey": "feature_stats",
-    "ReferenceFeatures": "feature_stats",
-    "extract_features": "feature_stats",
-    "reference_features": "feature_stats",
-    "METRIC_NAMES": "feature_stats",
+    "FeatureExtractor": "extractors.base",
+    "InceptionFID": "extractors.inception",
+    "FIDHelperInception": "extractors.fid_helper",
+    "DatasetClassifierExtractor": "dataset_classifier",
+    "DINOv2Extractor": "extractors.dinov2",
+    "CLIPExtractor": "extractors.clip",
+    "to_uint8_images": "extractors.base",
+    "train_dataset_classifier": "dataset_classifier",
+    "save_dataset_classifier": "dataset_classifier",
+    "GenerativeMetrics": "generative_metrics",
+    "METRIC_NAMES": "generative_metrics",
+    "FeatureMetric": "feature_metrics",
+    "FeatureSet": "feature_metrics",
+    "FID": "feature_metrics",
+    "KID": "feature_metrics",
+    "PrecisionRecall": "feature_metrics",
+    "DensityCoverage": "feature_metrics",
+    "InceptionScore": "feature_metrics",
+    "ReferenceCache": "reference_cache",
+    "ReferenceKey": "reference_cache",
+    "ReferenceFeatures": "reference_cache",
+    "reference_features": "reference_cache",
+    "extract_features": "feature_extraction",
     "ReconstructionMetrics": "reconstruction",
     "psnr_per_sample": "reconstruction",
     "ssim_per_sample": "reconstruction",
 }
 
 __all__ = [
+    "FID",
+    "KID",
     "METRIC_NAMES",
     "CLIPExtractor",
     "DINOv2Extractor",
     "DatasetClassifierExtractor",
+    "DensityCoverage",
     "FIDHelperInception",
     "FeatureExtractor",
+    "FeatureMetric",
+    "FeatureSet",
     "GenerativeMetrics",
     "InceptionFID",
+    "InceptionScore",
     "NotEnoughSamplesError",
+    "PrecisionRecall",
     "ReconstructionMetrics",
     "ReferenceCache",
     "ReferenceFeatures",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from latentgen.metrics.feature_stats import rank_and_world
+from latentgen.metrics.distributed import rank_and_world
 from latentgen.metrics.generator_evaluation import as_rgb
 
 
@@ -45,7 +45,7 @@ def autoencoder_metrics(system, datamodule, extractor, lpips, *, num_samples: in
     ``lpips`` is the perceptual network the evaluation chose (None: no LPIPS); it is independent of the
     perceptual loss the autoencoder was trained with, so every autoencoder gets the same measurement.
     """
-    from latentgen.metrics.feature_stats import GenerativeMetrics
+    from latentgen.metrics.generative_metrics import GenerativeMetrics
     from latentgen.metrics.reconstruction import ReconstructionMetrics
 
     datamodule.setup("validate")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from latentgen.metrics.feature_stats import rank_and_world
+from latentgen.metrics.distributed import rank_and_world
+from latentgen.metrics.feature_metrics import FeatureMetric
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -66,7 +67,7 @@ def generator_metrics(
     datamodule,
     extractor,
     *,
-    metrics: list[str],
+    metrics: Sequence[FeatureMetric | str],
     num_samples: int,
     batch_size: int,
     cache_dir: str | Path | None,
@@ -79,6 +80,8 @@ def generator_metrics(
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Generate ``num_samples`` images (EMA weights) and compare their features with real ones.
 
+    ``metrics`` are the :class:`~latentgen.metrics.feature_metrics.FeatureMetric` s to compute (as built from
+    ``conf/metrics/``), or names of the built-in ones.
     Returns (metrics, the first batch of samples in [-1, 1]). The real-data reference features are
     cached on disk, keyed by dataset config, split, resolution, extractor and sample count.
 
@@ -89,7 +92,8 @@ def generator_metrics(
     sharded already): a detached one iterates the data in the same order on every rank. On a cache
     miss the reference features are extracted the same way, rank r taking real batches r, r + world, ...
     """
-    from latentgen.metrics.feature_stats import GenerativeMetrics, ReferenceCache, ReferenceKey, reference_features
+    from latentgen.metrics.generative_metrics import GenerativeMetrics
+    from latentgen.metrics.reference_cache import ReferenceCache, ReferenceKey, reference_features
 
     datamodule.setup("fit" if split == "train" else "validate")
     available = len(datamodule.dataset(split))

@@ -1,11 +1,11 @@
-"""Metrics of conditional tasks, per sample, on the project's [-1, 1] images (B, C, H, W).
+"""Metrics of the conditional shapes tasks (evaluate_tasks.py), per sample, on [-1, 1] images (B, C, H, W).
 
 - Inpainting: L1 inside the mask (how close the fill is to the original there), L1 / PSNR outside
   it (how faithfully the known pixels survive the model), and optionally LPIPS of the composite
   (known pixels pasted back) against the original, with any ``(x, y) -> (B,)`` LPIPS callable.
 - Super-resolution: PSNR and SSIM against the high-res image (torchmetrics functional SSIM, Gaussian
   window 11 / sigma 1.5, on [0, 1]).
-Text-to-image alignment lives in :mod:`latentgen.conditioning.attribute_classifier`.
+Text-to-image alignment lives in :mod:`latentgen.metrics.attribute_classifier`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ attributes read back correctly, overall and per attribute.
 
 Train it (about a minute on one CPU core; writes ``<out>.safetensors`` + ``<out>.json``)::
 
-    python -m latentgen.conditioning.attribute_classifier --out .cache/latentgen/classifiers/shapes_attributes_32px
+    python -m latentgen.metrics.attribute_classifier --out .cache/latentgen/classifiers/shapes_attributes_32px
 
 Use it::
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from torch import nn
 from latentgen.conditioning.tokenizers import split_words
 from latentgen.data.shapes import ATTRIBUTES, PATTERNS, POSITIONS
 from latentgen.errors import CheckpointError, DataError
+from latentgen.metrics.classifier_training import fit_classifier
 from latentgen.weights import read_meta_beside, resolve_weights_file, save_weights_with_meta
 
 FORMAT = "latentgen-attribute-classifier-v1"
@@ -207,32 +207,19 @@ def train_attribute_classifier(
     x_val, y_val = _shapes_tensors(val_ds, attributes)
     heads = {a: len(ATTRIBUTES[a]) for a in attributes}
     net = AttributeClassifierNet(heads, in_channels=x.shape[1], resolution=x.shape[-1], width=width, hidden=hidden)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * (len(x) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.15)
-    t0 = time.perf_counter()
-    net.train()
-    epoch_losses = []
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        losses = []
-        for idx in order[: len(order) // batch_size * batch_size].split(batch_size):
-            logits = net(_augment(x[idx], g))
-            loss = sum(F.cross_entropy(logits[a], y[a][idx]) for a in attributes)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        epoch_losses.append(sum(losses) / max(1, len(losses)))
-    seconds = time.perf_counter() - t0
-    net.eval()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        logits = net(_augment(x[idx], g))  # {attr: (B, K)}
+        return sum(F.cross_entropy(logits[a], y[a][idx]) for a in attributes)
+
+    fit = fit_classifier(net, len(x), batch_loss, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=1e-4,
+                         generator=g, drop_last=True)  # fmt: skip
     meta = {
         "format": FORMAT, "heads": heads, "class_names": {a: list(ATTRIBUTES[a]) for a in attributes},
         "in_channels": int(x.shape[1]), "resolution": int(x.shape[-1]), "width": width, "hidden": hidden,
-        "epochs": epochs, "seed": seed, "num_train": len(x), "num_val": len(x_val), "train_seconds": seconds,
+        "epochs": epochs, "seed": seed, "num_train": len(x), "num_val": len(x_val), "train_seconds": fit.seconds,
         "val_accuracy": accuracy(net, x_val, y_val), "train_accuracy": accuracy(net, x, y),
-        "epoch_losses": epoch_losses,
+        "epoch_losses": fit.epoch_losses,
     }  # fmt: skip
     return net, meta
 
@@ -258,7 +245,7 @@ def load_attribute_classifier(path: str | os.PathLike | None = None) -> Attribut
         search_torch_hub=False,
     )
     meta = read_meta_beside(
-        weights, FORMAT, "attribute classifier", "python -m latentgen.conditioning.attribute_classifier --out ..."
+        weights, FORMAT, "attribute classifier", "python -m latentgen.metrics.attribute_classifier --out ..."
     )
     net = AttributeClassifierNet(
         {k: int(v) for k, v in meta["heads"].items()}, int(meta["in_channels"]), int(meta["resolution"]),
@@ -276,7 +263,7 @@ def load_attribute_classifier(path: str | os.PathLike | None = None) -> Attribut
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m latentgen.conditioning.attribute_classifier",
+        prog="python -m latentgen.metrics.attribute_classifier",
         description="Train the shapes attribute classifier used for text-to-image alignment.",
     )
     parser.add_argument("--out", required=True, help="output path (<out>.safetensors and <out>.json are written)")
