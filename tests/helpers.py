@@ -36,7 +36,12 @@ FAST = [
 # Tiny data, autoencoder and latent-model settings for in-process training tests.
 TINY_DATA = ["data.batch_size=8", "data.resolution=16", "trainer.limit_val_batches=1", "num_grid_samples=4"]
 TINY_AE = ["autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny", "perceptual=none"]
-TINY_LDM = ["denoiser=unet_tiny", "sampler.steps=4", "first_stage.trainer.max_steps=6", "first_stage.trainer.val_check_interval=6"]
+TINY_LDM = [
+    "denoiser=unet_tiny",
+    "sampler.steps=4",
+    "first_stage.trainer.max_steps=6",
+    "first_stage.trainer.val_check_interval=6",
+]
 
 # Tiny settings for runs of train.py / evaluate.py through the command line.
 CLI_TINY = [
@@ -52,7 +57,9 @@ CLI_TINY = [
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def compose_config(overrides: list[str] | None = None, config_name: str = "config", output_dir: str | None = None) -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, config_name: str = "config", output_dir: str | None = None
+) -> DictConfig:
     """Compose a config from conf/ as Hydra would, with ``paths.output_dir`` set (no Hydra run dir here)."""
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -81,15 +88,22 @@ _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_S
 
 def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The environment for a ``train.py`` subprocess: offline W&B, one thread, no inherited launch state."""
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_ENV and not k.startswith(("SLURM_", "PMI_", "OMPI_"))}
-    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", LATENTGEN_ROOT=str(tmp), HF_HUB_OFFLINE="1", **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _LAUNCH_ENV and not k.startswith(("SLURM_", "PMI_", "OMPI_"))
+    }
+    env.update(
+        WANDB_MODE="offline", OMP_NUM_THREADS="1", LATENTGEN_ROOT=str(tmp), HF_HUB_OFFLINE="1", **extra
+    )
     return env
 
 
 def run_cli(args: list[str], tmp: Path, timeout: int = 240) -> subprocess.CompletedProcess:
     """``python <args>`` from the repository root in :func:`cli_env`; prints the output's tail on failure."""
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=cli_env(tmp), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=cli_env(tmp), capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         print(proc.stdout[-4000:])
         print(proc.stderr[-8000:])
@@ -104,7 +118,9 @@ def make_first_stage_export(out_dir: Path, overrides: list[str], scale: float = 
     torch.manual_seed(0)
     autoencoder = instantiate(cfg.autoencoder)
     autoencoder.set_latent_stats(scale, 0.0)
-    return export_first_stage(autoencoder, to_container(cfg.autoencoder), Path(out_dir) / "autoencoder.safetensors")
+    return export_first_stage(
+        autoencoder, to_container(cfg.autoencoder), Path(out_dir) / "autoencoder.safetensors"
+    )
 
 
 class Throttle(L.Callback):

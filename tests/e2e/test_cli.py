@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.helpers import CLI_TINY as TINY
 from tests.helpers import run_cli
 

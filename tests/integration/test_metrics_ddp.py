@@ -40,8 +40,12 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         rm.update(rec[sl_x], orig[sl_x])
         rm_plain = ReconstructionMetrics()  # no LPIPS: its empty state must not survive the sync as NaN
         rm_plain.update(rec[sl_x], orig[sl_x])
-        res = {"gen": gm.compute(), "rec": rm.compute(), "rec_plain": rm_plain.compute(),
-               "gathered_real": gm.gathered_features(real=True).shape[0]}
+        res = {
+            "gen": gm.compute(),
+            "rec": rm.compute(),
+            "rec_plain": rm_plain.compute(),
+            "gathered_real": gm.gathered_features(real=True).shape[0],
+        }
         torch.save(res, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -50,8 +54,12 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.parametrize(
     "start_method",
     [
-        pytest.param("fork", marks=pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")),
-        pytest.param("spawn", marks=pytest.mark.slow),  # re-imports torchmetrics in both children: ~15-30 s here
+        pytest.param(
+            "fork", marks=pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
+        ),
+        pytest.param(
+            "spawn", marks=pytest.mark.slow
+        ),  # re-imports torchmetrics in both children: ~15-30 s here
     ],
 )
 def test_ddp_two_gloo_processes_equal_single_process(tmp_path, start_method):

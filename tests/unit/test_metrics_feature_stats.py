@@ -11,7 +11,6 @@ import torch
 from latentgen.errors import CheckpointError, ConfigError, DataError
 from latentgen.metrics import (
     GenerativeMetrics,
-    ReconstructionMetrics,
     ReferenceCache,
     ReferenceKey,
     density_coverage,
