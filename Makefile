@@ -12,7 +12,7 @@ ARGS   ?=
 # unless OMP_NUM_THREADS is set in the environment.
 TEST_ENV := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=$${MKL_NUM_THREADS:-1}
 
-.PHONY: venv train test test-all test-slow evaluate sweep clean-outputs
+.PHONY: venv train test test-all test-slow lint evaluate sweep clean-outputs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -m "not gpu" -q $(ARGS)
+
+## Lint (configured in pyproject.toml): ruff's rules and formatting, the import layers, mypy on the typed packages.
+## PYTHONPATH=src: lint-imports reads this checkout's package, not an installed one.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	PYTHONPATH=src $(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean-outputs:
 	rm -rf outputs multirun wandb

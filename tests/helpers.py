@@ -1,13 +1,26 @@
-"""Helpers shared by tests: composing the real configs, small trainer settings."""
+"""Helpers shared by tests: composing the real configs, small trainer settings, running the real command
+line in a subprocess, a first-stage export made in a fraction of a second, multi-process plumbing and a
+tiny feature extractor. Test modules import from here, never from each other."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import lightning as L
+import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
-from latentgen.config import register_resolvers
+from latentgen.autoencoders.frozen import export_first_stage
+from latentgen.config import instantiate, register_resolvers, to_container
+from latentgen.metrics import FeatureExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -23,10 +36,30 @@ FAST = [
 # Tiny data, autoencoder and latent-model settings for in-process training tests.
 TINY_DATA = ["data.batch_size=8", "data.resolution=16", "trainer.limit_val_batches=1", "num_grid_samples=4"]
 TINY_AE = ["autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny", "perceptual=none"]
-TINY_LDM = ["denoiser=unet_tiny", "sampler.steps=4", "first_stage.trainer.max_steps=6", "first_stage.trainer.val_check_interval=6"]
+TINY_LDM = [
+    "denoiser=unet_tiny",
+    "sampler.steps=4",
+    "first_stage.trainer.max_steps=6",
+    "first_stage.trainer.val_check_interval=6",
+]
+
+# Tiny settings for runs of train.py / evaluate.py through the command line.
+CLI_TINY = [
+    "data.batch_size=8",
+    "data.resolution=16",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "num_grid_samples=4",
+    "perceptual=none",
+    "discriminator=patchgan_tiny",
+]
 
 
-def compose_config(overrides: list[str] | None = None, config_name: str = "config", output_dir: str | None = None) -> DictConfig:
+# ---------------------------------------------------------------------------------------------- configs
+def compose_config(
+    overrides: list[str] | None = None, config_name: str = "config", output_dir: str | None = None
+) -> DictConfig:
     """Compose a config from conf/ as Hydra would, with ``paths.output_dir`` set (no Hydra run dir here)."""
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -45,3 +78,94 @@ def group_options(group: str) -> list[str]:
 
 def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+# Variables that make Lightning believe it runs inside an already launched job (a SLURM allocation,
+# or a parent that set up DDP): a CLI run under test must launch its own processes.
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GROUP_RANK", "RANK")
+
+
+def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment for a ``train.py`` subprocess: offline W&B, one thread, no inherited launch state."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _LAUNCH_ENV and not k.startswith(("SLURM_", "PMI_", "OMPI_"))
+    }
+    env.update(
+        WANDB_MODE="offline", OMP_NUM_THREADS="1", LATENTGEN_ROOT=str(tmp), HF_HUB_OFFLINE="1", **extra
+    )
+    return env
+
+
+def run_cli(args: list[str], tmp: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python <args>`` from the repository root in :func:`cli_env`; prints the output's tail on failure."""
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=cli_env(tmp), capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:])
+        print(proc.stderr[-8000:])
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------- training
+def make_first_stage_export(out_dir: Path, overrides: list[str], scale: float = 0.8) -> Path:
+    """An untrained autoencoder of the requested config with a latent scale, exported exactly as a
+    trained one is (safetensors + config JSON): ``first_stage.ckpt=<path>`` then skips first-stage training."""
+    cfg = compose_config(overrides, output_dir=str(out_dir))
+    torch.manual_seed(0)
+    autoencoder = instantiate(cfg.autoencoder)
+    autoencoder.set_latent_stats(scale, 0.0)
+    return export_first_stage(
+        autoencoder, to_container(cfg.autoencoder), Path(out_dir) / "autoencoder.safetensors"
+    )
+
+
+class Throttle(L.Callback):
+    """Sleep after every training batch, so that a signal can land mid-training (used through the CLI)."""
+
+    def __init__(self, seconds: float = 0.25) -> None:
+        self.seconds = float(seconds)
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(self.seconds)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a gloo process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def random_images(n: int, seed: int, bright: float = 0.0) -> torch.Tensor:
+    """``n`` random 3x16x16 images as floats in [-1, 1], shifted by ``bright``."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 16, 16, generator=g) * 1.6 - 0.8 + bright).clamp(-1, 1)  # (n, 3, 16, 16)
+
+
+class TinyExtractor(FeatureExtractor):
+    """A fixed random projection of 8x8-pooled pixels: 64-d features, 10 logits. Counts its calls."""
+
+    feature_dim = 64
+    has_logits = True
+    weights_label = "random projection (test)"
+
+    def __init__(self, seed: int = 0, name: str = "tiny-test") -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.proj = nn.Parameter(torch.randn(3 * 8 * 8, 64, generator=g) / 8, requires_grad=False)
+        self.head = nn.Parameter(torch.randn(64, 10, generator=g), requires_grad=False)
+        self.name = name
+        self.calls = 0
+
+    def forward(self, images):
+        self._check_input(images)
+        self.calls += 1
+        x = F.adaptive_avg_pool2d(images.float() / 255, 8).flatten(1)  # (B, 192)
+        f = x @ self.proj  # (B, 64)
+        return {"features": f, "logits": f @ self.head}

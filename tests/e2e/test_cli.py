@@ -3,33 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "data.batch_size=8",
-    "data.resolution=16",
-    "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar",
-    "num_grid_samples=4",
-    "perceptual=none",
-    "discriminator=patchgan_tiny",
-]
-
-
-def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "LATENTGEN_ROOT": str(cwd), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        print(proc.stdout[-4000:])
-        print(proc.stderr[-8000:])
-    return proc
+from tests.helpers import CLI_TINY as TINY
+from tests.helpers import run_cli
 
 
 def test_help_lists_config_groups(tmp_path):

@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import ROOT, TINY
-from tests.resilience_support import cli_env
+from tests.helpers import CLI_TINY as TINY
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow  # each starts two Python processes with the full stack (30-70 s)
-
-
-def run_cli(args: list[str], tmp: Path, timeout: int) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=cli_env(tmp), capture_output=True, text=True,
-                          timeout=timeout)
-    if proc.returncode != 0:
-        print(proc.stdout[-4000:], proc.stderr[-8000:])
-    return proc
 
 
 def test_two_stage_run_under_ddp_launches_once_and_agrees_across_ranks(tmp_path):

@@ -27,8 +27,7 @@ import torch
 from latentgen.callbacks.resilience import PREEMPTED_EXIT_CODE, read_step_log
 from latentgen.checkpoint import read_latentgen_checkpoint
 from latentgen.app.training import train
-from tests.resilience_support import cli_env, make_first_stage_export
-from tests.helpers import compose_config
+from tests.helpers import cli_env, compose_config, make_first_stage_export
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "wandb-secret-0123456789abcdef0123456789abcdef"
@@ -55,7 +54,7 @@ LATENT = [
     "+callbacks.step_log._target_=latentgen.callbacks.resilience.StepMetricsLog",
 ]
 # Test-only: slows each batch down so that a signal can land mid-training.
-THROTTLE = ["+callbacks.throttle._target_=tests.resilience_support.Throttle"]
+THROTTLE = ["+callbacks.throttle._target_=tests.helpers.Throttle"]
 
 
 def _start(args: list[str], tmp: Path, **env: str) -> subprocess.Popen:

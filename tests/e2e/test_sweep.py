@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import run_cli
+from tests.helpers import run_cli
 
 # Tiny settings: 16 px digits, 4 training steps, evaluations at steps 2 and 4 on 16 samples, a 1-epoch
 # dataset classifier (trained on first use into the test's own cache).

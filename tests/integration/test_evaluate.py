@@ -92,8 +92,7 @@ def test_torchrun_with_two_processes_shares_the_sampling_and_equals_one_process(
     import subprocess
     import sys
 
-    from tests.e2e.test_cli import ROOT
-    from tests.resilience_support import cli_env
+    from tests.helpers import ROOT, cli_env
 
     _, out, _, _ = trained_ldm
     args = [f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "logger=none", "num_samples=24", "batch_size=8",

@@ -345,7 +345,7 @@ def test_a_requeue_signal_saves_at_the_next_batch_boundary_then_hands_over(tmp_p
 def test_nonfinite_skip_in_the_latent_model_skips_the_update_and_its_ema_step(tmp_path, monkeypatch):
     """Automatic optimization: training_step returns None, Lightning skips backward and the step."""
     from latentgen.generative.objective import Objective
-    from tests.resilience_support import make_first_stage_export
+    from tests.helpers import make_first_stage_export
 
     export = make_first_stage_export(tmp_path / "fs", ["data=shapes", "data.resolution=16", "autoencoder=kl_f4_tiny"])
     real, calls = Objective.loss, []

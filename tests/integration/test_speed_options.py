@@ -9,8 +9,7 @@ import torch
 from latentgen.checkpoint import read_latentgen_checkpoint
 from latentgen.app.building import load_system_from_checkpoint
 from latentgen.app.training import train
-from tests.helpers import FAST, compose_config
-from tests.resilience_support import make_first_stage_export
+from tests.helpers import FAST, compose_config, make_first_stage_export
 
 BASE = [*FAST, "data=shapes", "data.dataset.num_train=36", "data.dataset.num_val=8", "data.batch_size=8",
         "data.resolution=16", "trainer.limit_val_batches=1", "trainer.val_check_interval=3", "num_grid_samples=4",

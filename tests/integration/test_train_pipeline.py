@@ -55,20 +55,47 @@ def test_rerun_reuses_the_finished_first_stage(trained_ldm, monkeypatch):
     assert training.first_stage_for(fresh) == cfg.first_stage.ckpt
 
 
-def test_checkpoint_round_trip_gives_identical_samples(trained_ldm):
-    _, out, _, _ = trained_ldm
-    system, stored = load_system_from_checkpoint(str(out / "checkpoints" / "last.ckpt"))
-    system2, _ = load_system_from_checkpoint(str(out / "checkpoints" / "last.ckpt"))
+def test_reloaded_checkpoint_equals_the_trained_system(trained_ldm, tmp_path, monkeypatch):
+    """``last.ckpt`` read back holds what training left in memory: the same weights and buffers, the same EMA
+    copy (which differs from the live weights), and the same samples from fixed noise, EMA and live."""
+    cfg, _, _, _ = trained_ldm
+    import latentgen.app.training as training
+
+    trained_systems = []
+    fit = training.fit
+
+    def keep_the_system(trainer, system, datamodule, ckpt_path):
+        trained_systems.append(system)
+        fit(trainer, system, datamodule, ckpt_path)
+
+    monkeypatch.setattr(training, "fit", keep_the_system)
+    run_cfg = compose_config([*FAST, *TINY_DATA, *TINY_AE, *TINY_LDM, "data=digits", "conditioner=class",
+                              "guidance.scale=2.0", f"first_stage.ckpt={cfg.first_stage.ckpt}", "trainer.max_steps=4",
+                              "trainer.val_check_interval=4"], output_dir=str(tmp_path))  # fmt: skip
+    train(run_cfg)
+    (trained,) = trained_systems
+    trained = trained.cpu().eval()
+    reloaded, _ = load_system_from_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert reloaded is not trained
+
+    want, got = trained.state_dict(), reloaded.state_dict()
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    live, ema = trained.trainable.state_dict(), trained.ema.shadow.state_dict()
+    assert any(not torch.equal(ema[k], live[k]) for k in live), "the EMA copy equals the live weights"
+    assert int(reloaded.ema.num_updates) == int(trained.ema.num_updates) == 4
+
     batch = {"label": torch.arange(4) % 10}
-    a = system.sample(batch, generator=torch.Generator().manual_seed(0))
-    b = system2.sample(batch, generator=torch.Generator().manual_seed(0))
-    assert a.shape == (4, 1, 16, 16)
-    assert torch.equal(a, b)
-    # The EMA copy was restored exactly (it differs from the live weights after training).
-    ckpt = read_latentgen_checkpoint(out / "checkpoints" / "last.ckpt")
-    for k, v in system.state_dict().items():
-        if k.startswith("ema."):
-            assert torch.equal(v, ckpt["state_dict"][k]), k
+    noise = torch.randn((4, *trained.latent_shape), generator=torch.Generator().manual_seed(1))  # (4, C, h, w)
+    for use_ema in (True, False):
+        a = trained.sample(batch, noise=noise, generator=torch.Generator().manual_seed(0), use_ema=use_ema)
+        b = reloaded.sample(batch, noise=noise, generator=torch.Generator().manual_seed(0), use_ema=use_ema)
+        assert a.shape == (4, 1, 16, 16)
+        assert torch.equal(a, b), f"use_ema={use_ema}"
+    ema_samples = trained.sample(batch, noise=noise, generator=torch.Generator().manual_seed(0))
+    live_samples = trained.sample(batch, noise=noise, generator=torch.Generator().manual_seed(0), use_ema=False)
+    assert not torch.equal(ema_samples, live_samples)  # so the EMA samples above compared the EMA copy
 
 
 def test_guidance_on_unconditional_model_is_a_clear_error(tmp_path):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from latentgen.autoencoders.discriminator import PatchGANDiscriminator

@@ -156,7 +156,7 @@ def test_semantic_map_one_hot_fractions_and_embedding(batch):
 
 @pytest.mark.parametrize("name", ["superres", "inpaint", "semantic"])
 def test_concat_dropout_zeroes_exactly_the_dropped_samples(name, batch, autoencoder):
-    cfg = compose_config(["data=shapes", f"conditioner={name}", f"conditioner.drop_prob=0.5"])
+    cfg = compose_config(["data=shapes", f"conditioner={name}", "conditioner.drop_prob=0.5"])
     cond = instantiate(cfg.conditioner)
     if hasattr(cond, "set_first_stage"):
         cond.set_first_stage(autoencoder)

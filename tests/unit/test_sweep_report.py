@@ -80,7 +80,7 @@ def test_collect_names_every_job_status(sweep):
 
 def test_report_writes_tables_and_plots_for_a_partial_sweep(sweep, tmp_path):
     out = tmp_path / "report"
-    result = write_report(sweep, out)
+    write_report(sweep, out)
     md = (out / "report.md").read_text()
     assert "2 ok, 1 failed, 1 unfinished, 1 not started" in md
     assert "ch_mult is empty" in md and "no metrics.json yet" in md

@@ -53,6 +53,9 @@ class Autoencoder(nn.Module):
         quant_conv: add LDM's 1x1 ``quant_conv`` / ``post_quant_conv`` (channel-preserving, see module doc).
     """
 
+    latent_scale: torch.Tensor  # () buffer, registered in __init__
+    latent_shift: torch.Tensor  # () buffer
+
     def __init__(
         self,
         encoder: nn.Module,

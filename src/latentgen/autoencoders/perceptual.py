@@ -30,7 +30,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
@@ -197,6 +197,9 @@ class LPIPS(_FrozenPerceptual):
     ``forward(x, y)`` -> (B,) distances; inputs (B, 1|3, H, W) in [-1, 1].
     """
 
+    shift: torch.Tensor  # (1, 3, 1, 1) buffer, registered in __init__
+    scale: torch.Tensor  # (1, 3, 1, 1) buffer
+
     def __init__(
         self,
         net: str = "vgg",
@@ -226,7 +229,7 @@ class LPIPS(_FrozenPerceptual):
             source_url=spec.url,
         )
         with torch.device("meta"):
-            features = spec.build(weights=None).features[: max(spec.taps) + 1]
+            features = cast(nn.Sequential, spec.build(weights=None).features)[: max(spec.taps) + 1]
         features.load_state_dict(_load_backbone_features(backbone_path, features, spec), strict=True, assign=True)
         self.features = features
 

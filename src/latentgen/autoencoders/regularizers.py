@@ -171,6 +171,13 @@ class VectorQuantizer(Regularizer):
     moments_factor: ClassVar[int] = 1
     nll_reduction: ClassVar[str] = "mean"
 
+    # Registered in __init__: the codebook (a buffer under EMA, else a parameter) and the usage statistics.
+    codebook: torch.Tensor  # (K, D)
+    ema_cluster_size: torch.Tensor  # (K,), EMA only
+    ema_embed_sum: torch.Tensor  # (K, D), EMA only
+    code_usage: torch.Tensor  # (K,)
+    usage_steps: torch.Tensor  # ()
+
     def __init__(
         self,
         num_codes: int,

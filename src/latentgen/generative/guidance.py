@@ -22,7 +22,7 @@ from latentgen.errors import ConfigError
 
 __all__ = ["classifier_free_guidance", "CFGModelFn"]
 
-Denoise = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
+Denoise = Callable[[torch.Tensor, torch.Tensor, Conditioning | None], torch.Tensor]
 
 
 def classifier_free_guidance(out_uncond: torch.Tensor, out_cond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ reconstructions and originals with the same extractor machinery:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torchmetrics import Metric
@@ -67,9 +67,10 @@ def ssim_per_sample(preds: torch.Tensor, target: torch.Tensor, quantize: bool = 
     """(B,) SSIM on [0, 1] images, Gaussian window 11 / sigma 1.5."""
     _check_pair(preds, target)
     p, t = to_unit_range(preds, quantize), to_unit_range(target, quantize)
-    return structural_similarity_index_measure(
+    ssim = structural_similarity_index_measure(
         p, t, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, reduction="none"
-    ).reshape(-1)  # (B,)
+    )  # a tensor: no return_full_image / return_contrast_sensitivity
+    return cast(torch.Tensor, ssim).reshape(-1)  # (B,)
 
 
 class ReconstructionMetrics(Metric):
@@ -85,6 +86,12 @@ class ReconstructionMetrics(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
+
+    # States (add_state in __init__): per-sample values, concatenated across ranks when synced.
+    psnr: list[torch.Tensor]
+    ssim: list[torch.Tensor]
+    lpips_values: list[torch.Tensor]
+    lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
     def __init__(self, lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  quantize: bool = False, **kwargs: Any) -> None:  # fmt: skip

@@ -174,6 +174,7 @@ class UNet(nn.Module):
                     raise ConfigError(f"denoiser.num_heads={num_heads} does not divide the {c} channels of a level")
                 heads, dim_head = num_heads, c // num_heads
             else:
+                assert head_channels is not None  # checked above: one of num_heads / head_channels is set
                 if c % head_channels:
                     raise ConfigError(
                         f"denoiser.head_channels={head_channels} does not divide the {c} channels of a level"
@@ -222,12 +223,12 @@ class UNet(nn.Module):
         self.norm_out = group_norm(c)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # the network starts as the zero function
-        nn.init.zeros_(self.conv_out.bias)
+        nn.init.zeros_(self.conv_out.bias)  # type: ignore[arg-type]  # Conv2d(bias=True) has a bias
 
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def _call(self, block: UNetBlock, *args: torch.Tensor | None) -> torch.Tensor:
+    def _call(self, block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
@@ -248,7 +249,7 @@ class UNet(nn.Module):
             t = t.expand(x.shape[0])  # (B,)
 
         emb = self.time_embed(t)  # (B, E)
-        if self.vector_embed is not None:
+        if self.vector_embed is not None and vector is not None:  # both or neither (_check_inputs)
             emb = emb + self.vector_embed(vector.to(emb.dtype))  # (B, E)
 
         h = self.conv_in(x)  # (B, ch, H, W)

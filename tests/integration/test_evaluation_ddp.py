@@ -12,8 +12,7 @@ import torch
 
 from latentgen.metrics.generator_evaluation import generator_metrics
 from latentgen.config import instantiate
-from tests.helpers import compose_config
-from tests.unit.test_metrics_feature_stats import TinyExtractor, _free_port
+from tests.helpers import TinyExtractor, compose_config, free_port, random_images
 
 METRICS = ["fid", "prc", "density_coverage"]
 NUM_SAMPLES, BATCH = 37, 8  # 5 batches, the last one partial: rank 0 draws 3, rank 1 draws 2
@@ -65,7 +64,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_two_gloo_ranks_split_the_sampling_and_equal_one_process(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     single_system = NoisySystem()
     single = _evaluate(single_system)
     assert single_system.batches_sampled == 5 and single["num_samples"] == NUM_SAMPLES
@@ -86,10 +85,9 @@ REF_IMAGES, REF_BATCH, REF_N = 37, 8, 30  # batches of 8, 8, 8, 6 once cut at 30
 
 def _reference(cache_dir):
     from latentgen.metrics.reference_cache import ReferenceCache, ReferenceKey, reference_features
-    from tests.unit.test_metrics_feature_stats import _images
 
     extractor = TinyExtractor()
-    images = _images(REF_IMAGES, seed=5)  # (37, 3, 16, 16)
+    images = random_images(REF_IMAGES, seed=5)  # (37, 3, 16, 16)
     key = ReferenceKey.create(dataset={"name": "test"}, split="val", resolution=16, extractor=extractor,
                               num_samples=REF_N)  # fmt: skip
 
@@ -124,7 +122,7 @@ def test_two_gloo_ranks_share_the_reference_extraction_and_gather_it_in_order(tm
     ranks see is not used (else the others would wait in the gather for ever)."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_reference_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+    mp.start_processes(_reference_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
                        start_method="fork")  # fmt: skip
     single, single_calls = _reference(tmp_path / "single")
     assert single.features.shape == (REF_N, 64) and single_calls == 4
