@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from latentgen.app.building import build_latent_system
+from latentgen.randomness import BatchRandomness
 from tests.helpers import compose_config
 
 
@@ -18,14 +19,13 @@ def test_tiny_latent_model_overfits_one_batch(objective):
 
     dm = instantiate(cfg.data)
     batch = dm.fixed_batch(8, split="train")
-    z = system.encode(batch)
     opt = torch.optim.Adam(system.trainable.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
     for step in range(100):
         # The same 4 draws of (t, noise) cycle, so the target is fixed and the loss can go to ~0.
         gen.manual_seed(step % 4)
-        loss, _ = system._loss(system.trainable, batch, z, generator=gen)
+        loss, _ = system.step_loss(system.trainable, batch, BatchRandomness.local(8, gen))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -28,21 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentgen.conditioning.base import Conditioner, Conditioning, batch_size_of, check_declared_dims
+from latentgen.conditioning.base import Conditioner, Conditioning, check_declared_dims
 from latentgen.conditioning.masks import MASK_KINDS, centre_box_masks, random_masks
 from latentgen.conditioning.shared import SharedModule
 from latentgen.errors import ConfigError, DataError
-
-
-def draw_drop_mask(
-    conditioner: Conditioner, batch: dict[str, Any], generator: torch.Generator | None
-) -> torch.Tensor | None:
-    """The per-sample CFG drop mask (B,) of ``Conditioner.forward``: True = null condition; None when off."""
-    if not (conditioner.training and conditioner.drop_prob > 0):
-        return None
-    b = batch_size_of(batch)
-    u = torch.rand(b, generator=generator, device="cpu")
-    return u < conditioner.drop_prob  # (B,)
+from latentgen.randomness import BatchRandomness
 
 
 def read_images(batch: dict[str, Any], who: str) -> torch.Tensor:
@@ -195,7 +185,7 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
     """Inpainting: ``concat = cat(E((1 - m) * x), area(m))`` with the mask ``m`` made by the conditioner.
 
     Masks (1 = missing): ``batch["inpaint_mask"]`` ((B, H, W) or (B, 1, H, W)) when the batch has one;
-    otherwise random boxes / brush strokes from the generator while training; in eval mode fixed masks
+    otherwise random boxes / brush strokes drawn from the step's randomness while training; in eval mode fixed masks
     (``eval_mask=random``: the same seeded random masks every call, seed ``eval_seed``; ``center``: a
     centred square of half the side). :meth:`mask_for` returns the mask a call uses, for
     masked-region metrics; :meth:`paste_known` puts the known pixels back into samples.
@@ -233,12 +223,14 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
         self._first_stage = None
 
     def mask_for(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None, training: bool | None = None
+        self, batch: dict[str, Any], rng: BatchRandomness | None = None, training: bool | None = None
     ) -> torch.Tensor:
         """The inpainting mask of this batch: (B, 1, H, W) float in {0, 1}, 1 = missing (to be generated).
 
-        ``training`` (default: the module's mode) chooses random masks (from ``generator``) or the fixed
-        eval masks; ``batch["inpaint_mask"]`` always wins.
+        ``training`` (default: the module's mode) chooses random masks or the fixed eval masks;
+        ``batch["inpaint_mask"]`` always wins. Random masks are drawn per sample of the global batch from
+        the ``inpaint_masks`` sub-stream of ``rng`` (on the CPU; None: the global RNG), so a DDP rank gets
+        the masks one process gives the same samples.
         """
         image = read_images(batch, "conditioner=inpaint")
         b, _, h, w = image.shape
@@ -249,7 +241,11 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
                 raise DataError(f"batch['inpaint_mask'] has shape {tuple(given.shape)}; expected ({b}, [1,] {h}, {w})")
             return (m.float() > 0.5).float().to(image.device)
         if self.training if training is None else training:
-            return random_masks(b, (h, w), generator, self.mask_kinds).to(image.device)
+            rng = rng if rng is not None else BatchRandomness.local(b)
+            if rng.batch_size != b:
+                raise DataError(f"the step's randomness is for {rng.batch_size} samples, the batch has {b}")
+            masks = rng.substream("inpaint_masks", device="cpu")
+            return masks.draw(lambda n, g, _: random_masks(n, (h, w), g, self.mask_kinds)).to(image.device)
         if self.eval_mask == "center":
             return centre_box_masks(b, (h, w)).to(image.device)
         return random_masks(b, (h, w), torch.Generator().manual_seed(self.eval_seed), self.mask_kinds).to(image.device)
@@ -259,19 +255,15 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
         return read_images(batch, "conditioner=inpaint") * (1.0 - mask)
 
     def condition(
-        self, batch: dict[str, Any], drop_mask: torch.Tensor | None, generator: torch.Generator | None = None
+        self, batch: dict[str, Any], drop_mask: torch.Tensor | None, rng: BatchRandomness | None = None
     ) -> Conditioning:
-        mask = self.mask_for(batch, generator)  # (B, 1, H, W)
+        mask = self.mask_for(batch, rng)  # (B, 1, H, W)
         z = self.encode_first_stage(self.masked_image(batch, mask))  # (B, C_lat, h, w)
         m_lat = F.interpolate(mask, size=z.shape[-2:], mode="area")  # (B, 1, h, w): missing fraction
         return Conditioning(concat=zero_dropped(torch.cat([z, m_lat], dim=1), drop_mask))  # (B, C_lat + 1, h, w)
 
     def encode(self, batch: dict[str, Any], drop_mask: torch.Tensor | None) -> Conditioning:
         return self.condition(batch, drop_mask, None)
-
-    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Conditioning:
-        # As Conditioner.forward, but the generator also draws the masks (deterministic validation).
-        return self.condition(batch, draw_drop_mask(self, batch, generator), generator)
 
     @torch.no_grad()
     def visualize(self, batch: dict[str, Any]) -> torch.Tensor:
