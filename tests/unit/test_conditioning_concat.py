@@ -12,6 +12,7 @@ from latentgen.conditioning.concat import InpaintingConditioner, LowResCondition
 from latentgen.conditioning.masks import box_mask, centre_box_masks, random_masks, stroke_mask
 from latentgen.data.shapes import ShapesDataset
 from latentgen.errors import ConfigError, DataError
+from latentgen.randomness import BatchRandomness
 from tests.helpers import compose_config
 
 
@@ -90,14 +91,26 @@ def test_inpainting_ignores_the_pixels_under_the_mask(batch, autoencoder):
     assert torch.allclose(cond(noisy).concat, cond(batch).concat, atol=1e-6)
 
 
+def test_inpainting_training_masks_are_per_sample_of_the_global_batch(batch, autoencoder):
+    """Two ranks of 4 draw the masks one process of 8 draws for the same samples (the DDP contract), and
+    drawing them leaves the step's main stream untouched."""
+    cond = make_inpaint(autoencoder).train()
+    whole_rng = BatchRandomness.for_step(5, 3, 8)
+    whole = cond.mask_for(batch, whole_rng)  # (8, 1, H, W)
+    shards = [{k: v[4 * r : 4 * r + 4] for k, v in batch.items()} for r in (0, 1)]  # rank r: rows 4r .. 4r+3
+    halves = [cond.mask_for(shards[r], BatchRandomness.for_step(5, 3, 4, rank=r, world_size=2)) for r in (0, 1)]
+    assert torch.equal(whole, torch.cat(halves))
+    assert torch.equal(whole_rng.rand(), BatchRandomness.for_step(5, 3, 8).rand())
+
+
 def test_inpainting_masks_are_fixed_in_eval_random_in_training_and_given_masks_win(batch, autoencoder):
     cond = make_inpaint(autoencoder)
     cond.eval()
     assert torch.equal(cond.mask_for(batch), cond.mask_for(batch))
     cond.train()
-    m1 = cond.mask_for(batch, torch.Generator().manual_seed(1))
-    assert torch.equal(m1, cond.mask_for(batch, torch.Generator().manual_seed(1)))
-    assert not torch.equal(m1, cond.mask_for(batch, torch.Generator().manual_seed(2)))
+    m1 = cond.mask_for(batch, BatchRandomness.for_step(1, 0, 8))
+    assert torch.equal(m1, cond.mask_for(batch, BatchRandomness.for_step(1, 0, 8)))
+    assert not torch.equal(m1, cond.mask_for(batch, BatchRandomness.for_step(2, 0, 8)))
     given = torch.zeros(8, 32, 32)
     given[:, :16] = 1
     assert torch.equal(cond.mask_for(dict(batch, inpaint_mask=given))[:, 0], given)
@@ -166,8 +179,8 @@ def test_concat_dropout_zeroes_exactly_the_dropped_samples(name, batch, autoenco
     assert torch.equal(null.concat, torch.zeros_like(full.concat))
     cond.train()
     batch_eval_masks = dict(batch, inpaint_mask=cond.mask_for(batch, training=False)) if name == "inpaint" else batch
-    out = cond(batch_eval_masks, generator=torch.Generator().manual_seed(0))
-    drop = torch.rand(8, generator=torch.Generator().manual_seed(0)) < 0.5
+    out = cond(batch_eval_masks, BatchRandomness.for_step(0, 0, 8))
+    drop = BatchRandomness.for_step(0, 0, 8).rand() < 0.5
     assert 0 < int(drop.sum()) < 8
     assert torch.equal(out.concat[drop], torch.zeros_like(out.concat[drop]))
     assert torch.allclose(out.concat[~drop], full.concat[~drop], atol=1e-6)
