@@ -36,28 +36,16 @@ import math
 import torch
 
 from latentgen.errors import ConfigError
-from latentgen.randomness import BatchRandomness
+from latentgen.generative.parameterization import Parameterization, interpolate_log_variance
 from latentgen.generative.predictions import Prediction
 from latentgen.generative.schedules import DiscreteSchedule, NoiseSchedule
 from latentgen.generative.time_samplers import TimeSampler
 from latentgen.generative.weighting import LossWeighting, UnitWeighting
+from latentgen.randomness import BatchRandomness
 
-__all__ = ["Objective", "interpolate_log_variance", "normal_kl", "gaussian_nll", "randn"]
+__all__ = ["Objective", "gaussian_nll", "interpolate_log_variance", "normal_kl"]
 
 _LN2 = math.log(2.0)
-
-
-def randn(shape, *, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """N(0, I) of ``shape`` drawn on the generator's device (so fixed seeds are device independent),
-    returned on ``like``'s device in float32."""
-    dev = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=dev, dtype=torch.float32).to(like.device)
-
-
-def interpolate_log_variance(v: torch.Tensor, log_beta: torch.Tensor, log_beta_tilde: torch.Tensor) -> torch.Tensor:
-    """iDDPM Eq. 15: log Sigma = frac log beta + (1 - frac) log beta_tilde, frac = (v + 1)/2."""
-    frac = (v + 1.0) / 2.0
-    return frac * log_beta + (1.0 - frac) * log_beta_tilde
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -75,7 +63,7 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 class Objective:
-    """Training loss + the pieces samplers need (``schedule``, ``prediction``, ``model_outputs``).
+    """Training loss; samplers take its :attr:`parameterization` (schedule, prediction, learned variance).
 
     Args:
         schedule: a :class:`NoiseSchedule` (discrete diffusion or continuous path).
@@ -131,18 +119,15 @@ class Objective:
             )
         self.prediction.check_schedule(sched)
 
-    # ------------------------------------------------------------------ helpers used by samplers
+    # ------------------------------------------------------------------ what samplers need
+    @property
+    def parameterization(self) -> Parameterization:
+        """The schedule, prediction and learned-variance flag: what a sampler needs of this model."""
+        return Parameterization(self.schedule, self.prediction, self.learn_variance)
+
     def model_outputs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Split the raw network output (B, C[*2], H, W) into (prediction (B, C, H, W), v or None)."""
-        if not self.learn_variance:
-            return raw, None
-        if raw.shape[1] % 2:
-            raise ConfigError(
-                f"objective.learn_variance=true but the denoiser returned {raw.shape[1]} channels (odd); its "
-                "out_channels must be ${out_channels:latent_channels,${objective.learn_variance}}"
-            )
-        pred, v = raw.chunk(2, dim=1)  # (B, C, H, W) each
-        return pred, v
+        return self.parameterization.model_outputs(raw)
 
     # ------------------------------------------------------------------ the loss
     def draw(self, rng: BatchRandomness, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

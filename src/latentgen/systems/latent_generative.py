@@ -21,8 +21,10 @@ from torchmetrics import MeanMetric
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.conditioning.base import Conditioner, Conditioning, batch_device, batch_size_of
 from latentgen.errors import ConfigError
-from latentgen.randomness import BatchRandomness
 from latentgen.generative.guidance import CFGModelFn
+from latentgen.generative.objective import Objective
+from latentgen.generative.samplers import Sampler
+from latentgen.randomness import BatchRandomness
 from latentgen.systems.common import check_finite, check_nonfinite_policy, finite_on_all_ranks
 from latentgen.systems.ema import EMA
 
@@ -34,8 +36,8 @@ class LatentGenerativeSystem(L.LightningModule):
         self,
         first_stage: Autoencoder,
         denoiser: nn.Module,
-        objective,
-        sampler,
+        objective: Objective,
+        sampler: Sampler,
         conditioner: Conditioner,
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_schedule: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
@@ -60,8 +62,8 @@ class LatentGenerativeSystem(L.LightningModule):
         # receive it here; it is not a submodule of theirs, so it is neither trained nor saved twice.
         if hasattr(conditioner, "set_first_stage"):
             conditioner.set_first_stage(first_stage)
-        self.objective = objective
-        self.sampler = sampler
+        self.objective: Objective = objective
+        self.sampler: Sampler = sampler
         self.optimizer_factory = optimizer
         self.lr_schedule_factory = lr_schedule
         self.guidance_scale = float(guidance_scale)
@@ -209,7 +211,7 @@ class LatentGenerativeSystem(L.LightningModule):
         steps: int | None = None,
         guidance_scale: float | None = None,
         use_ema: bool = True,
-        sampler=None,
+        sampler: Sampler | None = None,
         return_latents: bool = False,
     ) -> torch.Tensor:
         """Generate one image per sample of ``batch`` (its labels/captions/concat inputs condition them).
@@ -233,8 +235,9 @@ class LatentGenerativeSystem(L.LightningModule):
             if self.latent_shape is None:
                 raise ConfigError("the latent shape is unknown: build the system with image_size=${data.resolution}")
             noise = torch.randn((b, *self.latent_shape), generator=generator, device="cpu").to(self.device)
-        model_fn = CFGModelFn(denoiser, cond, uncond, scale, learn_variance=self.objective.learn_variance)
-        z = sampler(model_fn, self.objective, noise, steps=steps, generator=generator)
+        param = self.objective.parameterization
+        model_fn = CFGModelFn(denoiser, cond, uncond, scale, learn_variance=param.learn_variance)
+        z = sampler(model_fn, param, noise, steps=steps, generator=generator)
         return z if return_latents else self.decode(z)
 
     @torch.no_grad()
