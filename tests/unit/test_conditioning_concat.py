@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.utils.data import default_collate
 
-from latentgen.conditioning.concat import InpaintingConditioner, LowResConditioner, SemanticMapConditioner
+from latentgen.conditioning.concat import (
+    EmbeddedSemanticMapConditioner,
+    EncodedLowResConditioner,
+    InpaintingConditioner,
+    LowResConditioner,
+    SemanticMapConditioner,
+)
 from latentgen.conditioning.masks import box_mask, centre_box_masks, random_masks, stroke_mask
 from latentgen.data.shapes import ShapesDataset
 from latentgen.errors import ConfigError, DataError
@@ -59,9 +65,11 @@ def test_superres_makes_the_low_res_input_itself(batch, autoencoder):
     given = cond({"low_res": torch.zeros(2, 3, 8, 8)})
     assert torch.equal(given.concat, torch.zeros(2, 3, 8, 8))
     assert cond.visualize(batch).shape == (8, 3, 32, 32)
-    enc = LowResConditioner(mode="encode", latent_channels=3, concat_channels=3)
+    enc = EncodedLowResConditioner(latent_channels=3, concat_channels=3)
     enc.set_first_stage(autoencoder)
     assert enc(batch).concat.shape == (8, 3, 8, 8)
+    up = F.interpolate(low.clamp(-1, 1), size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
+    assert torch.allclose(enc(batch).concat, autoencoder.encode_scaled(up), atol=1e-5)  # the encoded upsampled input
     with pytest.raises(ConfigError, match="concat_channels"):
         LowResConditioner(image_channels=3, concat_channels=4)
 
@@ -158,8 +166,10 @@ def test_semantic_map_one_hot_fractions_and_embedding(batch):
     assert out.concat.shape == (8, 7, 8, 8)
     assert torch.allclose(out.concat.sum(1), torch.ones(8, 8, 8))  # class fractions per latent pixel
     assert torch.allclose(out.concat[:, 0], (batch["mask"] == 0).float().reshape(8, 8, 4, 8, 4).mean((2, 4)))
-    emb = SemanticMapConditioner(num_classes=7, mode="embed", embed_dim=5, concat_channels=5)
+    emb = EmbeddedSemanticMapConditioner(num_classes=7, embed_dim=5, concat_channels=5)
     assert emb(batch).concat.shape == (8, 5, 8, 8)
+    with pytest.raises(ConfigError, match="concat_channels"):
+        EmbeddedSemanticMapConditioner(num_classes=7, embed_dim=5, concat_channels=7)
     assert cond.visualize(batch).shape == (8, 3, 32, 32)
     with pytest.raises(DataError, match="out of range"):
         SemanticMapConditioner(num_classes=3, concat_channels=3)(batch)
@@ -184,3 +194,12 @@ def test_concat_dropout_zeroes_exactly_the_dropped_samples(name, batch, autoenco
     assert 0 < int(drop.sum()) < 8
     assert torch.equal(out.concat[drop], torch.zeros_like(out.concat[drop]))
     assert torch.allclose(out.concat[~drop], full.concat[~drop], atol=1e-6)
+
+
+def test_a_stored_config_with_the_old_mode_key_builds_its_class_or_says_which_class():
+    """Configs stored by runs before the modes became classes still name ``mode``."""
+    assert LowResConditioner(mode="resize", concat_channels=3).concat_channels == 3
+    with pytest.raises(ConfigError, match="EncodedLowResConditioner"):
+        LowResConditioner(mode="encode", concat_channels=3)
+    with pytest.raises(ConfigError, match="EmbeddedSemanticMapConditioner"):
+        SemanticMapConditioner(num_classes=7, mode="embed", concat_channels=7)
