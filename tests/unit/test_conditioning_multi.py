@@ -117,3 +117,16 @@ def test_per_part_dropout_trains_the_null_condition_through_training_step():
     assert system.training_step(batch, 0) is not None
     assert len(seen) == 1 and seen[0] is not None, "no drop mask reached the part: the null class is never trained"
     assert 10 < int(seen[0].sum()) < 54  # about half of 64 with drop_prob 0.5
+
+
+def test_a_conditioner_in_eval_mode_leaves_the_global_rng_alone():
+    """Sampling calls ``conditioner(batch)`` in eval mode: it must not consume torch's global RNG (the
+    training step's dropout layers draw from it)."""
+    multi = MultiConditioner(parts(text_drop=0.5, low_drop=0.5), drop_prob=None, concat_channels=3, context_dim=16)
+    b = batch()
+    multi.eval()
+    torch.manual_seed(0)
+    multi(b)
+    after = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(4))

@@ -104,8 +104,11 @@ class Conditioner(nn.Module):
         return self.encode(batch, torch.ones(b, dtype=torch.bool, device=batch_device(batch)))
 
     def forward(self, batch: dict[str, Any], rng: BatchRandomness | None = None) -> Conditioning:
-        """Draw the drop mask and the conditioning; ``rng=None`` draws from torch's global RNG."""
+        """Draw the drop mask and the conditioning; ``rng=None`` draws from torch's global RNG in training
+        and draws nothing in eval mode (sampling leaves the global RNG alone)."""
         if rng is None:
+            if not self.training:
+                return self.condition(batch, None, None)
             rng = BatchRandomness.local(batch_size_of(batch), device=batch_device(batch))
         return self.condition(batch, self.draw_drop_mask(rng), rng)
 
