@@ -99,15 +99,6 @@ class LatentGenerativeSystem(L.LightningModule):
 
     # ------------------------------------------------------------------ latents
     @torch.no_grad()
-    def encode(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled latents of the batch's images, (B, C, h, w) — from the cache when the batch has them."""
-        sample = self.sample_posterior and self.training
-        if "latent_raw" in batch:  # from the latent cache: the regularizer's input, e.g. KL mean+logvar
-            z = self.first_stage.regularizer.latent(batch["latent_raw"], sample=sample, generator=generator)
-            return self.first_stage.scale_latent(z)
-        return self.first_stage.encode_scaled(batch["image"], sample=sample, generator=generator)
-
-    @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.first_stage.decode_scaled(z).clamp(-1, 1)
 
