@@ -133,9 +133,10 @@ class BatchRandomness:
     def substream(self, name: str, device: torch.device | str | None = None) -> BatchRandomness:
         """An independent generator named ``name`` for the same samples (on ``device``, default this one's).
 
-        Drawing from it leaves this stream untouched. Without seed words of its own (the global RNG, or a
-        generator given from outside) the sub-stream is a fresh generator seeded from this one (or the
-        global RNG itself).
+        With seed words (every step generator of a system) it is seeded by (these words, ``name``), and
+        neither making it nor drawing from it touches this stream. Without them (a generator given from
+        outside, in tests and benchmarks) it is seeded by one draw from this generator; on the global RNG
+        it is the global RNG itself.
         """
         device = torch.device(device) if device is not None else self.device
         if self.entropy is not None:
