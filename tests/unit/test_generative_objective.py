@@ -116,8 +116,9 @@ def test_offset_noise_adds_per_channel_constant():
 def test_draw_order_does_not_depend_on_the_offset_noise_option():
     """t, eps and the offset are always drawn (in that order), so the offset option changes only what is
     done with them: eps(offset 0.3) - eps(offset 0) is a per-(sample, channel) constant, and t is the same."""
-    t0, eps0 = _objective(ScaledLinearSchedule(), EpsPrediction()).draw(BatchRandomness.for_step(1, 2, 6), (2, 4, 4))
+    plain = _objective(ScaledLinearSchedule(), EpsPrediction())
     with_offset = _objective(ScaledLinearSchedule(), EpsPrediction(), offset_noise=0.3)
+    t0, eps0 = plain.draw(BatchRandomness.for_step(1, 2, 6), (2, 4, 4))
     t1, eps1 = with_offset.draw(BatchRandomness.for_step(1, 2, 6), (2, 4, 4))
     assert torch.equal(t0, t1)
     diff = eps1 - eps0  # (6, 2, 4, 4)
