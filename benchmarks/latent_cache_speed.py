@@ -39,6 +39,8 @@ def main() -> None:
 
     from latentgen.data.latent_cache import CachedLatentDataset, load_or_build_latent_cache
     from latentgen.app.building import build_latent_system
+    from latentgen.conditioning.base import batch_size_of
+    from latentgen.randomness import BatchRandomness
     from tests.helpers import compose_config
 
     torch.set_num_threads(args.threads)
@@ -60,8 +62,7 @@ def main() -> None:
     opt = torch.optim.AdamW(system.trainable.parameters(), lr=1e-4)
 
     def step(batch):
-        z = system.encode(batch)
-        loss, _ = system._loss(system.trainable, batch, z)
+        loss, _ = system.step_loss(system.trainable, batch, BatchRandomness.local(batch_size_of(batch)))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -78,7 +78,7 @@ def test_sampler_configs_instantiate_and_sample(name):
     obj = instantiate(_compose("objective", "rectified_flow" if name in ("euler", "heun", "dopri5") else "ddpm_eps"))
     noise = torch.randn(2, 2, 2, 2)
     steps = None if name == "dopri5" else 4
-    out = sampler.sample(lambda x, t: 0.1 * x, obj, noise, steps=steps)
+    out = sampler.sample(lambda x, t: 0.1 * x, obj.parameterization, noise, steps=steps)
     assert out.samples.shape == noise.shape and torch.isfinite(out.samples).all()
     assert sampler.nfe(steps) in (None, out.nfe)
 

@@ -299,15 +299,21 @@ def test_the_train_loader_resumes_at_its_position_also_with_another_world_size()
 # ---------------------------------------------------------------------------------------------- noise
 def test_per_sample_noise_does_not_depend_on_the_split_over_ranks():
     from latentgen.generative.time_samplers import LogitNormalTime
-    from latentgen.systems.randomness import draw_sample_noise
+    from latentgen.randomness import BatchRandomness
 
-    kw = dict(seed=7, step=3, latent_shape=(4, 8, 8), time_sampler=LogitNormalTime(), offset_noise=0.1)
-    whole = draw_sample_noise(rank=0, world_size=1, batch_size=8, **kw)
-    parts = [draw_sample_noise(rank=r, world_size=2, batch_size=4, **kw) for r in (0, 1)]
-    for field in ("drop_u", "t", "noise", "posterior"):
-        assert torch.equal(getattr(whole, field), torch.cat([getattr(p, field) for p in parts])), field
-    other_step = draw_sample_noise(rank=0, world_size=1, batch_size=8, **{**kw, "step": 4})
-    assert not torch.equal(whole.noise, other_step.noise)
+    def draws(rank: int, world: int, batch: int, step: int = 3) -> list[torch.Tensor]:
+        rng = BatchRandomness.for_step(7, step, batch, rank=rank, world_size=world)
+        u = rng.rand()  # (B,)
+        t = rng.draw(lambda n, g, d: LogitNormalTime().sample(n, d, g))  # (B,)
+        eps = rng.randn(4, 8, 8)  # (B, 4, 8, 8)
+        masks = rng.substream("masks").rand(3)  # (B, 3)
+        return [u, t, eps, masks]
+
+    whole = draws(0, 1, 8)
+    parts = [draws(r, 2, 4) for r in (0, 1)]
+    for i, w in enumerate(whole):
+        assert torch.equal(w, torch.cat([p[i] for p in parts])), i
+    assert not torch.equal(whole[2], draws(0, 1, 8, step=4)[2])
 
 
 # ---------------------------------------------------------------------------------------------- pre-emption

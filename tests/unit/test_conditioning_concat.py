@@ -8,10 +8,17 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.utils.data import default_collate
 
-from latentgen.conditioning.concat import InpaintingConditioner, LowResConditioner, SemanticMapConditioner
+from latentgen.conditioning.concat import (
+    EmbeddedSemanticMapConditioner,
+    EncodedLowResConditioner,
+    InpaintingConditioner,
+    LowResConditioner,
+    SemanticMapConditioner,
+)
 from latentgen.conditioning.masks import box_mask, centre_box_masks, random_masks, stroke_mask
 from latentgen.data.shapes import ShapesDataset
 from latentgen.errors import ConfigError, DataError
+from latentgen.randomness import BatchRandomness
 from tests.helpers import compose_config
 
 
@@ -58,9 +65,11 @@ def test_superres_makes_the_low_res_input_itself(batch, autoencoder):
     given = cond({"low_res": torch.zeros(2, 3, 8, 8)})
     assert torch.equal(given.concat, torch.zeros(2, 3, 8, 8))
     assert cond.visualize(batch).shape == (8, 3, 32, 32)
-    enc = LowResConditioner(mode="encode", latent_channels=3, concat_channels=3)
+    enc = EncodedLowResConditioner(latent_channels=3, concat_channels=3)
     enc.set_first_stage(autoencoder)
     assert enc(batch).concat.shape == (8, 3, 8, 8)
+    up = F.interpolate(low.clamp(-1, 1), size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
+    assert torch.allclose(enc(batch).concat, autoencoder.encode_scaled(up), atol=1e-5)  # the encoded upsampled input
     with pytest.raises(ConfigError, match="concat_channels"):
         LowResConditioner(image_channels=3, concat_channels=4)
 
@@ -90,14 +99,26 @@ def test_inpainting_ignores_the_pixels_under_the_mask(batch, autoencoder):
     assert torch.allclose(cond(noisy).concat, cond(batch).concat, atol=1e-6)
 
 
+def test_inpainting_training_masks_are_per_sample_of_the_global_batch(batch, autoencoder):
+    """Two ranks of 4 draw the masks one process of 8 draws for the same samples (the DDP contract), and
+    drawing them leaves the step's main stream untouched."""
+    cond = make_inpaint(autoencoder).train()
+    whole_rng = BatchRandomness.for_step(5, 3, 8)
+    whole = cond.mask_for(batch, whole_rng)  # (8, 1, H, W)
+    shards = [{k: v[4 * r : 4 * r + 4] for k, v in batch.items()} for r in (0, 1)]  # rank r: rows 4r .. 4r+3
+    halves = [cond.mask_for(shards[r], BatchRandomness.for_step(5, 3, 4, rank=r, world_size=2)) for r in (0, 1)]
+    assert torch.equal(whole, torch.cat(halves))
+    assert torch.equal(whole_rng.rand(), BatchRandomness.for_step(5, 3, 8).rand())
+
+
 def test_inpainting_masks_are_fixed_in_eval_random_in_training_and_given_masks_win(batch, autoencoder):
     cond = make_inpaint(autoencoder)
     cond.eval()
     assert torch.equal(cond.mask_for(batch), cond.mask_for(batch))
     cond.train()
-    m1 = cond.mask_for(batch, torch.Generator().manual_seed(1))
-    assert torch.equal(m1, cond.mask_for(batch, torch.Generator().manual_seed(1)))
-    assert not torch.equal(m1, cond.mask_for(batch, torch.Generator().manual_seed(2)))
+    m1 = cond.mask_for(batch, BatchRandomness.for_step(1, 0, 8))
+    assert torch.equal(m1, cond.mask_for(batch, BatchRandomness.for_step(1, 0, 8)))
+    assert not torch.equal(m1, cond.mask_for(batch, BatchRandomness.for_step(2, 0, 8)))
     given = torch.zeros(8, 32, 32)
     given[:, :16] = 1
     assert torch.equal(cond.mask_for(dict(batch, inpaint_mask=given))[:, 0], given)
@@ -145,8 +166,10 @@ def test_semantic_map_one_hot_fractions_and_embedding(batch):
     assert out.concat.shape == (8, 7, 8, 8)
     assert torch.allclose(out.concat.sum(1), torch.ones(8, 8, 8))  # class fractions per latent pixel
     assert torch.allclose(out.concat[:, 0], (batch["mask"] == 0).float().reshape(8, 8, 4, 8, 4).mean((2, 4)))
-    emb = SemanticMapConditioner(num_classes=7, mode="embed", embed_dim=5, concat_channels=5)
+    emb = EmbeddedSemanticMapConditioner(num_classes=7, embed_dim=5, concat_channels=5)
     assert emb(batch).concat.shape == (8, 5, 8, 8)
+    with pytest.raises(ConfigError, match="concat_channels"):
+        EmbeddedSemanticMapConditioner(num_classes=7, embed_dim=5, concat_channels=7)
     assert cond.visualize(batch).shape == (8, 3, 32, 32)
     with pytest.raises(DataError, match="out of range"):
         SemanticMapConditioner(num_classes=3, concat_channels=3)(batch)
@@ -166,8 +189,17 @@ def test_concat_dropout_zeroes_exactly_the_dropped_samples(name, batch, autoenco
     assert torch.equal(null.concat, torch.zeros_like(full.concat))
     cond.train()
     batch_eval_masks = dict(batch, inpaint_mask=cond.mask_for(batch, training=False)) if name == "inpaint" else batch
-    out = cond(batch_eval_masks, generator=torch.Generator().manual_seed(0))
-    drop = torch.rand(8, generator=torch.Generator().manual_seed(0)) < 0.5
+    out = cond(batch_eval_masks, BatchRandomness.for_step(0, 0, 8))
+    drop = BatchRandomness.for_step(0, 0, 8).rand() < 0.5
     assert 0 < int(drop.sum()) < 8
     assert torch.equal(out.concat[drop], torch.zeros_like(out.concat[drop]))
     assert torch.allclose(out.concat[~drop], full.concat[~drop], atol=1e-6)
+
+
+def test_a_stored_config_with_the_old_mode_key_builds_its_class_or_says_which_class():
+    """Configs stored by runs before the modes became classes still name ``mode``."""
+    assert LowResConditioner(mode="resize", concat_channels=3).concat_channels == 3
+    with pytest.raises(ConfigError, match="EncodedLowResConditioner"):
+        LowResConditioner(mode="encode", concat_channels=3)
+    with pytest.raises(ConfigError, match="EmbeddedSemanticMapConditioner"):
+        SemanticMapConditioner(num_classes=7, mode="embed", concat_channels=7)

@@ -12,6 +12,7 @@ from latentgen.conditioning.multi import MultiConditioner, merge_conditionings
 from latentgen.conditioning.text import TransformerTextConditioner
 from latentgen.conditioning.tokenizers import WordTokenizer
 from latentgen.errors import ConfigError
+from latentgen.randomness import BatchRandomness
 from tests.helpers import compose_config
 
 CAPTIONS = ["a red circle", "a blue square", "a white star", "a cyan ring"] * 2
@@ -57,8 +58,8 @@ def test_shared_dropout_drops_every_part_of_a_sample_together():
     multi.eval()
     full, null = multi(b), multi.null(b)
     multi.train()
-    out = multi(b, generator=torch.Generator().manual_seed(0))
-    drop = torch.rand(8, generator=torch.Generator().manual_seed(0)) < 0.5
+    out = multi(b, BatchRandomness.for_step(0, 0, 8))
+    drop = BatchRandomness.for_step(0, 0, 8).rand() < 0.5
     assert 0 < int(drop.sum()) < 8
     for field in ("context", "concat"):
         got, n, f = getattr(out, field), getattr(null, field), getattr(full, field)
@@ -71,7 +72,7 @@ def test_per_part_dropout_uses_each_parts_probability():
     multi.eval()
     full, null = multi(b), multi.null(b)
     multi.train()
-    out = multi(b, generator=torch.Generator().manual_seed(0))
+    out = multi(b, BatchRandomness.for_step(0, 0, 8))
     assert torch.allclose(out.context, null.context, atol=1e-6)  # text always dropped
     assert torch.allclose(out.concat, full.concat)  # low-res never
 
@@ -91,3 +92,41 @@ def test_text_superres_config_composes_and_runs_through_the_unet():
     cond, net = instantiate(cfg.conditioner).eval(), instantiate(cfg.denoiser)
     out = net(torch.randn(8, 3, 8, 8), torch.rand(8), cond(batch()))
     assert out.shape == (8, 3, 8, 8)
+
+
+def test_per_part_dropout_trains_the_null_condition_through_training_step():
+    """``drop_prob: null`` (each part drops with its own probability): the system's training step, not only
+    ``forward``, hands the parts their drop masks, so the null condition is trained."""
+    from latentgen.app.building import build_latent_system
+
+    cfg = compose_config(["autoencoder=identity", "data=digits", "data.resolution=8", "denoiser=unet_tiny",
+                          "conditioner=class", "conditioner.drop_prob=0.5"])
+    system = build_latent_system(cfg, None)
+    label_part = system.conditioner
+    system.conditioner = MultiConditioner({"label": label_part}, drop_prob=None, context_dim=cfg.conditioner.embed_dim)
+    seen: list[torch.Tensor | None] = []
+    encode = label_part.encode
+
+    def spy(batch, drop_mask):
+        seen.append(drop_mask)
+        return encode(batch, drop_mask)
+
+    label_part.encode = spy
+    batch = {"latent_raw": torch.randn(64, 1, 8, 8), "label": torch.arange(64) % 10}
+    system.train()
+    assert system.training_step(batch, 0) is not None
+    assert len(seen) == 1 and seen[0] is not None, "no drop mask reached the part: the null class is never trained"
+    assert 10 < int(seen[0].sum()) < 54  # about half of 64 with drop_prob 0.5
+
+
+def test_a_conditioner_in_eval_mode_leaves_the_global_rng_alone():
+    """Sampling calls ``conditioner(batch)`` in eval mode: it must not consume torch's global RNG (the
+    training step's dropout layers draw from it)."""
+    multi = MultiConditioner(parts(text_drop=0.5, low_drop=0.5), drop_prob=None, concat_channels=3, context_dim=16)
+    b = batch()
+    multi.eval()
+    torch.manual_seed(0)
+    multi(b)
+    after = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(4))

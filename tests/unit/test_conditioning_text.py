@@ -27,6 +27,7 @@ from latentgen.conditioning.tokenizers import (
 )
 from latentgen.data.shapes import ATTRIBUTES, POSITIONS, ShapesDataset
 from latentgen.errors import ConfigError, DataError, WeightsNotFoundError
+from latentgen.randomness import BatchRandomness
 from tests.helpers import compose_config
 
 CAPTIONS = ["a large striped blue square at the bottom right", "a small red circle at the center", "", "a cyan star"]
@@ -107,8 +108,8 @@ def test_empty_prompt_is_the_null_condition():
 def test_dropout_gives_the_null_condition_per_sample():
     cond = small_text(drop_prob=0.5).train()
     batch = {"caption": [CAPTIONS[0]] * 64}
-    out = cond(batch, generator=torch.Generator().manual_seed(0))
-    drop = torch.rand(64, generator=torch.Generator().manual_seed(0)) < 0.5  # the same draw as the base class
+    out = cond(batch, BatchRandomness.for_step(0, 0, 64))
+    drop = BatchRandomness.for_step(0, 0, 64).rand() < 0.5  # the same draw as the base class
     assert 10 < int(drop.sum()) < 54
     cond.eval()
     null, full = cond.null(batch), cond(batch)

@@ -13,6 +13,7 @@ from latentgen.generative.predictions import EpsPrediction, VelocityPrediction, 
 from latentgen.generative.schedules import CosineSchedule, LinearSchedule, RectifiedFlowPath, ScaledLinearSchedule
 from latentgen.generative.time_samplers import LogitNormalTime, UniformDiscreteTime, UniformTime
 from latentgen.generative.weighting import MinSNRWeighting, UnitWeighting
+from latentgen.randomness import BatchRandomness
 
 X_STAR = torch.tensor([0.7, -1.2, 0.3, 2.0]).view(1, 4, 1, 1)  # single-point data distribution
 
@@ -110,6 +111,18 @@ def test_offset_noise_adds_per_channel_constant():
     obj0 = _objective(ScaledLinearSchedule(), EpsPrediction())
     obj0.loss(spy, x0, generator=torch.Generator().manual_seed(0))
     assert (seen["x"] / s.sigma_t).mean(dim=(2, 3)).var().item() < 0.15
+
+
+def test_draw_order_does_not_depend_on_the_offset_noise_option():
+    """t, eps and the offset are always drawn (in that order), so the offset option changes only what is
+    done with them: eps(offset 0.3) - eps(offset 0) is a per-(sample, channel) constant, and t is the same."""
+    plain = _objective(ScaledLinearSchedule(), EpsPrediction())
+    with_offset = _objective(ScaledLinearSchedule(), EpsPrediction(), offset_noise=0.3)
+    t0, eps0 = plain.draw(BatchRandomness.for_step(1, 2, 6), (2, 4, 4))
+    t1, eps1 = with_offset.draw(BatchRandomness.for_step(1, 2, 6), (2, 4, 4))
+    assert torch.equal(t0, t1)
+    diff = eps1 - eps0  # (6, 2, 4, 4)
+    assert torch.allclose(diff, diff[..., :1, :1].expand_as(diff), atol=1e-6) and diff.abs().max() > 0
 
 
 # ----------------------------------------------------------------------------------- learned variance

@@ -36,11 +36,9 @@ from latentgen.generative.samplers import (  # noqa: E402
     DDPMSampler,
     DPMSolverPP2MSampler,
     EulerSampler,
-    LeadingSpacing,
-    LinspaceSpacing,
-    TrailingSpacing,
 )
 from latentgen.generative.schedules import RectifiedFlowPath, ScaledLinearSchedule
+from latentgen.generative.time_grids import LeadingSpacing, LinspaceSpacing, TrailingSpacing
 from latentgen.generative.time_samplers import UniformDiscreteTime, UniformTime
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # numpy 2 + diffusers
@@ -71,7 +69,7 @@ class FakeModel:
 
 def _objective(schedule, prediction, learn_variance=False):
     ts = UniformDiscreteTime(schedule.num_timesteps) if schedule.is_discrete else UniformTime()
-    return Objective(schedule, prediction, ts, learn_variance=learn_variance)
+    return Objective(schedule, prediction, ts, learn_variance=learn_variance).parameterization
 
 
 def _noise(seed=11):

@@ -16,6 +16,7 @@ import torch
 
 from latentgen.errors import ConfigError
 from latentgen.generative.objective import Objective
+from latentgen.generative.parameterization import Parameterization
 from latentgen.generative.predictions import EpsPrediction, VelocityPrediction, VPrediction, X0Prediction
 from latentgen.generative.samplers import (
     DDIMSampler,
@@ -24,20 +25,19 @@ from latentgen.generative.samplers import (
     DPMSolverPP2MSampler,
     EulerSampler,
     HeunSampler,
-    LeadingSpacing,
-    LinspaceSpacing,
-    TrailingSpacing,
 )
 from latentgen.generative.schedules import CosinePath, LinearSchedule, RectifiedFlowPath, ScaledLinearSchedule
+from latentgen.generative.time_grids import LeadingSpacing, LinspaceSpacing, TrailingSpacing
 from latentgen.generative.time_samplers import UniformDiscreteTime, UniformTime
 
 MU = torch.tensor([0.5, -1.0]).view(1, 2, 1, 1)
 SD = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)
 
 
-def objective(schedule, prediction, learn_variance=False):
+def objective(schedule, prediction, learn_variance=False) -> Parameterization:
+    """What a sampler gets of a model trained with this objective (built through Objective for its checks)."""
     ts = UniformDiscreteTime(schedule.num_timesteps) if schedule.is_discrete else UniformTime()
-    return Objective(schedule, prediction, ts, learn_variance=learn_variance)
+    return Objective(schedule, prediction, ts, learn_variance=learn_variance).parameterization
 
 
 def gaussian_oracle(obj, calls=None):

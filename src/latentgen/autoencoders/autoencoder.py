@@ -30,6 +30,7 @@ from torch import nn
 
 from latentgen.autoencoders.regularizers import Regularizer
 from latentgen.errors import ConfigError
+from latentgen.randomness import BatchRandomness
 
 
 @dataclass
@@ -153,6 +154,12 @@ class Autoencoder(nn.Module):
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Unscaled latent (B, C_lat, H/f, W/f): KL mean (or a posterior sample), VQ pre-quantization h."""
         return self.regularizer.latent(self.encode_raw(x), sample=sample, generator=generator)
+
+    def latent_from_raw(self, h: torch.Tensor, rng: BatchRandomness | None = None) -> torch.Tensor:
+        """Scaled latent of a regularizer input ``h`` (from :meth:`encode_raw` or the latent cache): a
+        posterior sample whose noise is drawn from ``rng`` when given (KL), else the mean (VQ: h)."""
+        z = self.regularizer.latent(h, sample=False) if rng is None else self.regularizer.sample_latent(h, rng)
+        return self.scale_latent(z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Unscaled latent (B, C_lat, h, w) -> image (B, C, h*f, w*f); VQ quantizes first."""

@@ -14,8 +14,12 @@ A denoiser is called as ``denoiser(x_t, t, cond)`` with
 
 A :class:`Conditioner` builds a ``Conditioning`` from a batch dict. During training it replaces
 the condition of a random subset of samples by the null condition (per-sample dropout,
-probability ``drop_prob``), which is what classifier-free guidance needs. ``null(batch_size)``
+probability ``drop_prob``), which is what classifier-free guidance needs. ``null(batch)``
 gives the unconditional input used by guidance at sampling time.
+
+The conditioner owns its randomness: :meth:`Conditioner.draw_drop_mask` (the one implementation of the
+CFG drop mask) and :meth:`Conditioner.condition` (random inputs such as inpainting masks) draw from the
+:class:`~latentgen.randomness.BatchRandomness` of the step, which the system hands down.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from latentgen.errors import ConfigError
+from latentgen.randomness import BatchRandomness
 
 
 @dataclass
@@ -53,15 +58,13 @@ class Conditioning:
             out[f.name] = None if va is None else torch.cat([va, vb], dim=0)
         return Conditioning(**out)
 
-    @property
-    def is_empty(self) -> bool:
-        return all(getattr(self, f.name) is None for f in fields(self))
-
 
 class Conditioner(nn.Module):
-    """Base class: ``forward(batch, drop_mask=None) -> Conditioning`` and ``null(batch_size, like_batch)``.
+    """Base class: ``forward(batch, rng=None) -> Conditioning`` and ``null(batch)``.
 
-    Subclasses implement :meth:`encode`; the base class draws the per-sample dropout mask.
+    Subclasses implement :meth:`encode` (deterministic); conditioners with random inputs override
+    :meth:`condition`. A step is ``drop = draw_drop_mask(rng)``, then ``condition(batch, drop, rng)``;
+    ``forward`` does both.
 
     Attributes:
         drop_prob: probability that a training sample gets the null condition.
@@ -80,18 +83,39 @@ class Conditioner(nn.Module):
         """Build the conditioning; samples where ``drop_mask`` (B,) is True get the null condition."""
         raise NotImplementedError
 
+    def condition(
+        self, batch: dict[str, Any], drop_mask: torch.Tensor | None, rng: BatchRandomness | None = None
+    ) -> Conditioning:
+        """The conditioning of a step; conditioners with random inputs draw them from ``rng``."""
+        return self.encode(batch, drop_mask)
+
+    def draw_drop_mask(self, rng: BatchRandomness) -> torch.Tensor | None:
+        """The per-sample CFG drop mask (B,) bool, True = null condition; None when nothing is dropped.
+
+        One uniform per sample is drawn from ``rng`` whether or not anything is dropped (in eval mode, with
+        ``drop_prob = 0``), so the numbers drawn after it do not depend on the conditioner's options.
+        """
+        u = rng.rand()  # (B,) uniform in [0, 1)
+        return drop_where(u, self.drop_prob) if self.training else None
+
     def null(self, batch: dict[str, Any]) -> Conditioning:
         """The unconditional input for every sample of ``batch``."""
         b = batch_size_of(batch)
         return self.encode(batch, torch.ones(b, dtype=torch.bool, device=batch_device(batch)))
 
-    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Conditioning:
-        drop_mask = None
-        if self.training and self.drop_prob > 0:
-            b = batch_size_of(batch)
-            u = torch.rand(b, generator=generator, device="cpu").to(batch_device(batch))
-            drop_mask = u < self.drop_prob  # (B,) True = use the null condition
-        return self.encode(batch, drop_mask)
+    def forward(self, batch: dict[str, Any], rng: BatchRandomness | None = None) -> Conditioning:
+        """Draw the drop mask and the conditioning; ``rng=None`` draws from torch's global RNG in training
+        and draws nothing in eval mode (sampling leaves the global RNG alone)."""
+        if rng is None:
+            if not self.training:
+                return self.condition(batch, None, None)
+            rng = BatchRandomness.local(batch_size_of(batch), device=batch_device(batch))
+        return self.condition(batch, self.draw_drop_mask(rng), rng)
+
+
+def drop_where(u: torch.Tensor, drop_prob: float) -> torch.Tensor | None:
+    """``u < drop_prob`` (B,) bool, or None when ``drop_prob`` is 0 (nothing dropped)."""
+    return u < drop_prob if drop_prob > 0 else None
 
 
 def check_declared_dims(

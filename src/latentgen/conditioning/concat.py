@@ -5,13 +5,14 @@ Each returns ``Conditioning(concat=(B, C_c, h, w))`` at the latent size ``h = H 
 that the ``concat_channels`` its config declares is what it produces.
 
 - :class:`LowResConditioner` (super-resolution): ``low_res = downsample(image, factor)`` (bicubic,
-  antialiased), then bicubic to the latent size (``mode=resize``; with factor = f that is the LDM SR
-  layout) or bicubic back to full size and encoded by the first stage (``mode=encode``).
+  antialiased), then bicubic to the latent size (with factor = f that is the LDM SR layout);
+  :class:`EncodedLowResConditioner`: bicubic back to full size and encoded by the first stage.
 - :class:`InpaintingConditioner`: ``cat(E((1 - m) * x), m_lat)`` with ``m`` a random box / brush-stroke
   mask (1 = missing) made by the conditioner, ``m_lat`` its area-average at latent size; so
   ``concat_channels = latent_channels + 1`` (LDM's inpainting layout, in_channels = z + z + 1).
-- :class:`SemanticMapConditioner`: the ``(B, H, W)`` int64 segmentation ``batch["mask"]`` one-hot
-  (or embedded), area-averaged to the latent size (class fractions per latent pixel).
+- :class:`SemanticMapConditioner`: the ``(B, H, W)`` int64 segmentation ``batch["mask"]`` one-hot,
+  area-averaged to the latent size (class fractions per latent pixel); :class:`EmbeddedSemanticMapConditioner`:
+  a learned embedding per class instead of the one-hot.
 
 Dropped samples (``drop_prob``, for CFG) and ``null(batch)`` get an all-zero concat.
 Conditioners that use the first stage receive it through ``set_first_stage`` (the system calls it)
@@ -28,21 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentgen.conditioning.base import Conditioner, Conditioning, batch_size_of, check_declared_dims
+from latentgen.conditioning.base import Conditioner, Conditioning, check_declared_dims
 from latentgen.conditioning.masks import MASK_KINDS, centre_box_masks, random_masks
 from latentgen.conditioning.shared import SharedModule
 from latentgen.errors import ConfigError, DataError
-
-
-def draw_drop_mask(
-    conditioner: Conditioner, batch: dict[str, Any], generator: torch.Generator | None
-) -> torch.Tensor | None:
-    """The per-sample CFG drop mask (B,) of ``Conditioner.forward``: True = null condition; None when off."""
-    if not (conditioner.training and conditioner.drop_prob > 0):
-        return None
-    b = batch_size_of(batch)
-    u = torch.rand(b, generator=generator, device="cpu")
-    return u < conditioner.drop_prob  # (B,)
+from latentgen.randomness import BatchRandomness
 
 
 def read_images(batch: dict[str, Any], who: str) -> torch.Tensor:
@@ -72,6 +63,19 @@ def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> tor
     shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     antialias = shrink and mode in ("bilinear", "bicubic")
     return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
+
+
+def _check_stored_mode(conditioner: Conditioner, mode: str | None, classes: dict[str, str]) -> None:
+    """Configs stored by older runs name a ``mode``; the mode is now the class. Refuse one that names the
+    other class, saying which class to use."""
+    if mode is None or mode == type(conditioner).mode_name:  # type: ignore[attr-defined]
+        return
+    if mode not in classes:
+        raise ConfigError(f"conditioner.mode={mode!r} is unknown; the mode is the class: {sorted(classes.values())}")
+    raise ConfigError(
+        f"conditioner.mode={mode!r} is {classes[mode]}, not {type(conditioner).__name__}: set the conditioner's "
+        f"_target_ to latentgen.conditioning.concat.{classes[mode]} and drop `mode`"
+    )
 
 
 def _check_declared(
@@ -119,10 +123,14 @@ class LowResConditioner(_FirstStageUser, Conditioner):
     Args:
         factor: the super-resolution factor (4: 32 px -> 8 px -> 32 px).
         downsample_factor, latent_channels, image_channels: the latent / data contract (interpolated).
-        mode: ``resize`` (concat = bicubic to the latent size, ``image_channels`` channels) or
-            ``encode`` (bicubic up to full size, encoded: ``latent_channels`` channels).
         drop_prob: per-sample probability of the zero (null) condition during training.
+        mode: only for configs stored by older runs (``resize`` here; ``encode`` is
+            :class:`EncodedLowResConditioner`).
+
+    The concat is the low-res input bicubic-resized to the latent size: ``image_channels`` channels.
     """
+
+    mode_name = "resize"
 
     accepts_prompts = False
     input_keys = ("image",)
@@ -133,25 +141,32 @@ class LowResConditioner(_FirstStageUser, Conditioner):
         downsample_factor: int = 4,
         image_channels: int = 3,
         latent_channels: int = 3,
-        mode: str = "resize",
         drop_prob: float = 0.0,
         concat_channels: int = 3,
         context_dim: int | None = None,
         vector_dim: int | None = None,
+        mode: str | None = None,
     ) -> None:
         super().__init__(drop_prob=drop_prob)
-        if mode not in ("resize", "encode"):
-            raise ConfigError(f"conditioner.mode={mode!r}: use 'resize' or 'encode'")
+        _check_stored_mode(self, mode, {"resize": "LowResConditioner", "encode": "EncodedLowResConditioner"})
         if int(factor) < 1:
             raise ConfigError(f"conditioner.factor={factor} must be >= 1")
-        self.factor, self.mode = int(factor), mode
+        self.factor = int(factor)
         self.downsample_factor, self.latent_channels = int(downsample_factor), int(latent_channels)
         self.image_channels = int(image_channels)
-        produced = self.image_channels if mode == "resize" else self.latent_channels
-        why = "image channels, mode=resize" if mode == "resize" else "latent channels, mode=encode"
+        produced, why = self.produced_channels()
         _check_declared("superres", concat_channels, context_dim, vector_dim, produced, why)
         self.concat_channels, self.context_dim, self.vector_dim = produced, None, None
         self._first_stage = None
+
+    def produced_channels(self) -> tuple[int, str]:
+        """The concat's channels and where they come from."""
+        return self.image_channels, "image channels: the low-res image resized to the latent size"
+
+    def concat_of(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The concat (B, C_c, h, w) of the low-res input (B, C, H/factor, W/factor) for full size ``size``."""
+        h, w = size
+        return resize(low, (h // self.downsample_factor, w // self.downsample_factor))  # (B, C, h, w)
 
     def low_res(self, batch: dict[str, Any]) -> torch.Tensor:
         """(B, C, H/factor, W/factor) in [-1, 1]: ``batch["low_res"]`` or the downsampled ``batch["image"]``."""
@@ -172,11 +187,7 @@ class LowResConditioner(_FirstStageUser, Conditioner):
 
     def encode(self, batch: dict[str, Any], drop_mask: torch.Tensor | None) -> Conditioning:
         low = self.low_res(batch)
-        h, w = self._full_size(batch, low)
-        if self.mode == "resize":
-            concat = resize(low, (h // self.downsample_factor, w // self.downsample_factor))  # (B, C, h, w)
-        else:
-            concat = self.encode_first_stage(resize(low, (h, w)).clamp(-1, 1))  # (B, C_lat, h, w)
+        concat = self.concat_of(low, self._full_size(batch, low))  # (B, C_c, h, w)
         return Conditioning(concat=zero_dropped(concat, drop_mask))
 
     @torch.no_grad()
@@ -191,11 +202,24 @@ class LowResConditioner(_FirstStageUser, Conditioner):
         return resize(low, self._full_size(batch, low)).clamp(-1, 1)
 
 
+class EncodedLowResConditioner(LowResConditioner):
+    """Super-resolution with the low-res input bicubic-upsampled to full size and encoded by the first stage:
+    the concat has ``latent_channels`` channels."""
+
+    mode_name = "encode"
+
+    def produced_channels(self) -> tuple[int, str]:
+        return self.latent_channels, "latent channels: the upsampled low-res image encoded by the first stage"
+
+    def concat_of(self, low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self.encode_first_stage(resize(low, size).clamp(-1, 1))  # (B, C_lat, h, w)
+
+
 class InpaintingConditioner(_FirstStageUser, Conditioner):
     """Inpainting: ``concat = cat(E((1 - m) * x), area(m))`` with the mask ``m`` made by the conditioner.
 
     Masks (1 = missing): ``batch["inpaint_mask"]`` ((B, H, W) or (B, 1, H, W)) when the batch has one;
-    otherwise random boxes / brush strokes from the generator while training; in eval mode fixed masks
+    otherwise random boxes / brush strokes drawn from the step's randomness while training; in eval mode fixed masks
     (``eval_mask=random``: the same seeded random masks every call, seed ``eval_seed``; ``center``: a
     centred square of half the side). :meth:`mask_for` returns the mask a call uses, for
     masked-region metrics; :meth:`paste_known` puts the known pixels back into samples.
@@ -233,12 +257,14 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
         self._first_stage = None
 
     def mask_for(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None, training: bool | None = None
+        self, batch: dict[str, Any], rng: BatchRandomness | None = None, training: bool | None = None
     ) -> torch.Tensor:
         """The inpainting mask of this batch: (B, 1, H, W) float in {0, 1}, 1 = missing (to be generated).
 
-        ``training`` (default: the module's mode) chooses random masks (from ``generator``) or the fixed
-        eval masks; ``batch["inpaint_mask"]`` always wins.
+        ``training`` (default: the module's mode) chooses random masks or the fixed eval masks;
+        ``batch["inpaint_mask"]`` always wins. Random masks are drawn per sample of the global batch from
+        the ``inpaint_masks`` sub-stream of ``rng`` (on the CPU; None: the global RNG), so a DDP rank gets
+        the masks one process gives the same samples.
         """
         image = read_images(batch, "conditioner=inpaint")
         b, _, h, w = image.shape
@@ -249,7 +275,11 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
                 raise DataError(f"batch['inpaint_mask'] has shape {tuple(given.shape)}; expected ({b}, [1,] {h}, {w})")
             return (m.float() > 0.5).float().to(image.device)
         if self.training if training is None else training:
-            return random_masks(b, (h, w), generator, self.mask_kinds).to(image.device)
+            rng = rng if rng is not None else BatchRandomness.local(b)
+            if rng.batch_size != b:
+                raise DataError(f"the step's randomness is for {rng.batch_size} samples, the batch has {b}")
+            masks = rng.substream("inpaint_masks", device="cpu")
+            return masks.draw(lambda n, g, _: random_masks(n, (h, w), g, self.mask_kinds)).to(image.device)
         if self.eval_mask == "center":
             return centre_box_masks(b, (h, w)).to(image.device)
         return random_masks(b, (h, w), torch.Generator().manual_seed(self.eval_seed), self.mask_kinds).to(image.device)
@@ -259,19 +289,15 @@ class InpaintingConditioner(_FirstStageUser, Conditioner):
         return read_images(batch, "conditioner=inpaint") * (1.0 - mask)
 
     def condition(
-        self, batch: dict[str, Any], drop_mask: torch.Tensor | None, generator: torch.Generator | None = None
+        self, batch: dict[str, Any], drop_mask: torch.Tensor | None, rng: BatchRandomness | None = None
     ) -> Conditioning:
-        mask = self.mask_for(batch, generator)  # (B, 1, H, W)
+        mask = self.mask_for(batch, rng)  # (B, 1, H, W)
         z = self.encode_first_stage(self.masked_image(batch, mask))  # (B, C_lat, h, w)
         m_lat = F.interpolate(mask, size=z.shape[-2:], mode="area")  # (B, 1, h, w): missing fraction
         return Conditioning(concat=zero_dropped(torch.cat([z, m_lat], dim=1), drop_mask))  # (B, C_lat + 1, h, w)
 
     def encode(self, batch: dict[str, Any], drop_mask: torch.Tensor | None) -> Conditioning:
         return self.condition(batch, drop_mask, None)
-
-    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Conditioning:
-        # As Conditioner.forward, but the generator also draws the masks (deterministic validation).
-        return self.condition(batch, draw_drop_mask(self, batch, generator), generator)
 
     @torch.no_grad()
     def visualize(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -302,41 +328,51 @@ _PALETTE = torch.tensor(
 class SemanticMapConditioner(Conditioner):
     """Semantic synthesis: ``batch["mask"]`` (B, H, W) int64 labels in [0, num_classes) -> concat at latent size.
 
+    The concat is the one-hot map area-averaged to the latent size: ``num_classes`` channels of class
+    fractions per latent pixel (:class:`EmbeddedSemanticMapConditioner`: a learned embedding instead).
+
     Args:
         num_classes: number of labels in the map (shapes: 7 = background + 6 kinds).
         downsample_factor: f of the first stage (latent size = H / f).
-        mode: ``onehot`` (``num_classes`` channels of class fractions per latent pixel) or ``embed``
-            (a learned ``embed_dim``-d embedding per class, area-averaged).
         drop_prob: per-sample probability of the zero (null) condition during training.
+        mode: only for configs stored by older runs (``onehot`` here; ``embed`` is
+            :class:`EmbeddedSemanticMapConditioner`).
     """
 
     accepts_prompts = False
     input_keys = ("mask",)
+    mode_name = "onehot"
 
     def __init__(
         self,
         num_classes: int,
         downsample_factor: int = 4,
-        mode: str = "onehot",
-        embed_dim: int | None = None,
         drop_prob: float = 0.0,
         concat_channels: int = 0,
         context_dim: int | None = None,
         vector_dim: int | None = None,
+        mode: str | None = None,
     ) -> None:
         super().__init__(drop_prob=drop_prob)
-        if mode not in ("onehot", "embed"):
-            raise ConfigError(f"conditioner.mode={mode!r}: use 'onehot' or 'embed'")
-        if mode == "embed" and not embed_dim:
-            raise ConfigError("conditioner.mode=embed needs conditioner.embed_dim")
+        self._set_map(num_classes, downsample_factor, mode)
+        self._declare(self.num_classes, "one-hot: num_classes channels", concat_channels, context_dim, vector_dim)
+
+    def _set_map(self, num_classes: int, downsample_factor: int, mode: str | None) -> None:
+        _check_stored_mode(self, mode, {"onehot": "SemanticMapConditioner", "embed": "EmbeddedSemanticMapConditioner"})
         if int(num_classes) < 2:
             raise ConfigError(f"conditioner.num_classes={num_classes} must be >= 2")
-        self.num_classes, self.mode = int(num_classes), mode
+        self.num_classes = int(num_classes)
         self.downsample_factor = int(downsample_factor)
-        produced = self.num_classes if mode == "onehot" else int(embed_dim)  # type: ignore[arg-type]
-        _check_declared("semantic", concat_channels, context_dim, vector_dim, produced, f"mode={mode}")
-        self.embedding = nn.Embedding(self.num_classes, produced) if mode == "embed" else None
+
+    def _declare(
+        self, produced: int, why: str, concat_channels: int, context_dim: int | None, vector_dim: int | None
+    ) -> None:
+        _check_declared("semantic", concat_channels, context_dim, vector_dim, produced, why)
         self.concat_channels, self.context_dim, self.vector_dim = produced, None, None
+
+    def per_pixel(self, seg: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) labels -> (B, K, H, W) one-hot."""
+        return F.one_hot(seg, self.num_classes).permute(0, 3, 1, 2).float()  # (B, H, W, K) -> (B, K, H, W)
 
     def labels(self, batch: dict[str, Any]) -> torch.Tensor:
         seg = batch.get("mask")
@@ -361,11 +397,7 @@ class SemanticMapConditioner(Conditioner):
     def encode(self, batch: dict[str, Any], drop_mask: torch.Tensor | None) -> Conditioning:
         seg = self.labels(batch)  # (B, H, W)
         h, w = seg.shape[-2] // self.downsample_factor, seg.shape[-1] // self.downsample_factor
-        if self.embedding is None:
-            full = F.one_hot(seg, self.num_classes).permute(0, 3, 1, 2).float()  # (B, H, W, K) -> (B, K, H, W)
-        else:
-            full = self.embedding(seg).permute(0, 3, 1, 2)  # (B, H, W, E) -> (B, E, H, W)
-        concat = F.interpolate(full, size=(h, w), mode="area")  # (B, K|E, h, w)
+        concat = F.interpolate(self.per_pixel(seg), size=(h, w), mode="area")  # (B, K|E, h, w)
         return Conditioning(concat=zero_dropped(concat, drop_mask))
 
     @torch.no_grad()
@@ -378,3 +410,32 @@ class SemanticMapConditioner(Conditioner):
         if image is not None and image.shape[1] == 1:
             colours = colours.mean(dim=1, keepdim=True)  # (B, 1, H, W)
         return colours * 2 - 1
+
+
+class EmbeddedSemanticMapConditioner(SemanticMapConditioner):
+    """Semantic synthesis with a learned ``embed_dim``-d embedding per class, area-averaged to the latent size:
+    the concat has ``embed_dim`` channels."""
+
+    mode_name = "embed"
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        downsample_factor: int = 4,
+        drop_prob: float = 0.0,
+        concat_channels: int = 0,
+        context_dim: int | None = None,
+        vector_dim: int | None = None,
+        mode: str | None = None,
+    ) -> None:
+        if embed_dim is None or int(embed_dim) < 1:
+            raise ConfigError(f"conditioner.embed_dim={embed_dim} must be >= 1 (the channels of the class embedding)")
+        Conditioner.__init__(self, drop_prob=drop_prob)  # not the one-hot's __init__: it declares its channels
+        self._set_map(num_classes, downsample_factor, mode)
+        self._declare(int(embed_dim), "embedding: embed_dim channels", concat_channels, context_dim, vector_dim)
+        self.embedding = nn.Embedding(self.num_classes, int(embed_dim))
+
+    def per_pixel(self, seg: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) labels -> (B, E, H, W) class embeddings."""
+        return self.embedding(seg).permute(0, 3, 1, 2)  # (B, H, W, E) -> (B, E, H, W)

@@ -9,8 +9,9 @@ Merging rules (in the order of ``parts``):
 
 Dropout for CFG: with ``drop_prob`` set, one shared per-sample mask drops *all* parts of a sample
 together (the usual CFG null); with ``drop_prob: null`` each part draws its own mask with its own
-``drop_prob`` (independent dropout, as InstructPix2Pix does for image and text). ``null(batch)`` is the
-null of every part.
+``drop_prob`` (independent dropout, as InstructPix2Pix does for image and text), from a sub-stream
+named after the part. The drop mask is then (B, P) bool, column ``i`` for part ``i``. ``null(batch)`` is
+the null of every part.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentgen.conditioning.base import Conditioner, Conditioning, check_declared_dims
-from latentgen.conditioning.concat import draw_drop_mask
+from latentgen.conditioning.base import Conditioner, Conditioning, check_declared_dims, drop_where
 from latentgen.errors import ConfigError
+from latentgen.randomness import BatchRandomness
 
 
 def merge_conditionings(parts: list[Conditioning], vector_merge: str = "cat") -> Conditioning:
@@ -100,24 +101,38 @@ class MultiConditioner(Conditioner):
             if hasattr(p, "set_first_stage"):
                 p.set_first_stage(first_stage)
 
-    @staticmethod
-    def _part_condition(
-        part: Conditioner, batch: dict[str, Any], drop_mask: torch.Tensor | None, generator: torch.Generator | None
-    ) -> Conditioning:
-        condition = getattr(part, "condition", None)
-        return condition(batch, drop_mask, generator) if condition is not None else part.encode(batch, drop_mask)
+    def draw_drop_mask(self, rng: BatchRandomness) -> torch.Tensor | None:
+        """(B,) one mask for all parts (shared ``drop_prob``), or (B, P) one column per part (per-part
+        dropout); None when nothing is dropped. The main stream gets its one uniform per sample either way."""
+        u = rng.rand()  # (B,)
+        if not self.training:
+            return None
+        if self.shared_drop:
+            return drop_where(u, self.drop_prob)
+        masks = []
+        for name, part in self.parts.items():
+            part_u = rng.substream(f"drop/{name}").rand()  # (B,)
+            masks.append(torch.zeros_like(part_u, dtype=torch.bool) if part.drop_prob <= 0 else part_u < part.drop_prob)
+        return torch.stack(masks, dim=1)  # (B, P)
 
-    def encode(self, batch: dict[str, Any], drop_mask: torch.Tensor | None) -> Conditioning:
-        parts = [self._part_condition(p, batch, drop_mask, None) for p in self.parts.values()]
+    def _part_masks(self, drop_mask: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """The drop mask of each part: the shared (B,) mask for all, or column i of a (B, P) mask."""
+        if drop_mask is None or drop_mask.dim() == 1:
+            return [drop_mask] * len(self.parts)
+        if drop_mask.shape[1] != len(self.parts):
+            raise ValueError(f"a per-part drop mask needs {len(self.parts)} columns, got {tuple(drop_mask.shape)}")
+        return [drop_mask[:, i] for i in range(len(self.parts))]
+
+    def condition(
+        self, batch: dict[str, Any], drop_mask: torch.Tensor | None, rng: BatchRandomness | None = None
+    ) -> Conditioning:
+        parts = [
+            p.condition(batch, m, rng) for p, m in zip(self.parts.values(), self._part_masks(drop_mask))
+        ]  # fmt: skip
         return merge_conditionings(parts, self.vector_merge)
 
-    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> Conditioning:
-        if self.shared_drop:
-            drop_mask = draw_drop_mask(self, batch, generator)  # (B,) one mask for all parts
-            return merge_conditionings(
-                [self._part_condition(p, batch, drop_mask, generator) for p in self.parts.values()], self.vector_merge
-            )
-        return merge_conditionings([p(batch, generator=generator) for p in self.parts.values()], self.vector_merge)
+    def encode(self, batch: dict[str, Any], drop_mask: torch.Tensor | None) -> Conditioning:
+        return self.condition(batch, drop_mask, None)
 
     def null(self, batch: dict[str, Any]) -> Conditioning:
         return merge_conditionings([p.null(batch) for p in self.parts.values()], self.vector_merge)

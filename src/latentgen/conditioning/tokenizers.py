@@ -90,9 +90,6 @@ class WordTokenizer(Tokenizer):
     def token_ids(self, text: str) -> list[int]:
         return [self.index.get(w, UNK_ID) for w in split_words(text)]
 
-    def unknown_words(self, text: str) -> list[str]:
-        return [w for w in split_words(text) if w not in self.index]
-
 
 class CharTokenizer(Tokenizer):
     """Character-level tokenizer over printable ASCII (32..126), lower-cased by default."""

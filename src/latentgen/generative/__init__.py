@@ -7,6 +7,7 @@ weighting)`` plus a stateless sampler. Conventions: t in [0, 1], t=0 data, t=1 n
 
 from latentgen.generative.guidance import CFGModelFn, classifier_free_guidance
 from latentgen.generative.objective import Objective
+from latentgen.generative.parameterization import Parameterization
 from latentgen.generative.predictions import EpsPrediction, Prediction, VelocityPrediction, VPrediction, X0Prediction
 from latentgen.generative.samplers import (
     DDIMSampler,
@@ -15,11 +16,8 @@ from latentgen.generative.samplers import (
     DPMSolverPP2MSampler,
     EulerSampler,
     HeunSampler,
-    LeadingSpacing,
-    LinspaceSpacing,
     Sampler,
     SamplerOutput,
-    TrailingSpacing,
 )
 from latentgen.generative.schedules import (
     CosinePath,
@@ -31,6 +29,7 @@ from latentgen.generative.schedules import (
     ScaledLinearSchedule,
     ScheduleOutput,
 )
+from latentgen.generative.time_grids import LeadingSpacing, LinspaceSpacing, Spacing, TrailingSpacing
 from latentgen.generative.time_samplers import LogitNormalTime, UniformDiscreteTime, UniformTime
 from latentgen.generative.weighting import MinSNRWeighting, UnitWeighting
 
@@ -38,6 +37,7 @@ __all__ = [
     "CFGModelFn",
     "classifier_free_guidance",
     "Objective",
+    "Parameterization",
     "Prediction",
     "EpsPrediction",
     "X0Prediction",
@@ -51,6 +51,7 @@ __all__ = [
     "HeunSampler",
     "Dopri5Sampler",
     "DPMSolverPP2MSampler",
+    "Spacing",
     "LeadingSpacing",
     "TrailingSpacing",
     "LinspaceSpacing",

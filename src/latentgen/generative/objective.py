@@ -22,6 +22,11 @@ The min-SNR/unit ``weighting`` applies to the MSE term only.
 
 **Offset noise** (Guttenberg 2023): ``eps += offset_noise * randn(B, C, 1, 1)`` for noise drawn here;
 noise passed in by the caller is used as is. The target sees the same (offset) noise.
+
+**Randomness.** The objective draws its own numbers, ``t`` then ``eps`` then the offset noise (drawn even
+when ``offset_noise = 0``), with :meth:`Objective.draw` from the step's
+:class:`~latentgen.randomness.BatchRandomness`; :meth:`Objective.loss` draws with it when ``t``/``noise``
+are not given, so every caller takes the same path.
 """
 
 from __future__ import annotations
@@ -31,27 +36,16 @@ import math
 import torch
 
 from latentgen.errors import ConfigError
+from latentgen.generative.parameterization import Parameterization, interpolate_log_variance
 from latentgen.generative.predictions import Prediction
 from latentgen.generative.schedules import DiscreteSchedule, NoiseSchedule
 from latentgen.generative.time_samplers import TimeSampler
 from latentgen.generative.weighting import LossWeighting, UnitWeighting
+from latentgen.randomness import BatchRandomness
 
-__all__ = ["Objective", "interpolate_log_variance", "normal_kl", "gaussian_nll", "randn"]
+__all__ = ["Objective", "gaussian_nll", "interpolate_log_variance", "normal_kl"]
 
 _LN2 = math.log(2.0)
-
-
-def randn(shape, *, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """N(0, I) of ``shape`` drawn on the generator's device (so fixed seeds are device independent),
-    returned on ``like``'s device in float32."""
-    dev = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=dev, dtype=torch.float32).to(like.device)
-
-
-def interpolate_log_variance(v: torch.Tensor, log_beta: torch.Tensor, log_beta_tilde: torch.Tensor) -> torch.Tensor:
-    """iDDPM Eq. 15: log Sigma = frac log beta + (1 - frac) log beta_tilde, frac = (v + 1)/2."""
-    frac = (v + 1.0) / 2.0
-    return frac * log_beta + (1.0 - frac) * log_beta_tilde
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -69,7 +63,7 @@ def _mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 class Objective:
-    """Training loss + the pieces samplers need (``schedule``, ``prediction``, ``model_outputs``).
+    """Training loss; samplers take its :attr:`parameterization` (schedule, prediction, learned variance).
 
     Args:
         schedule: a :class:`NoiseSchedule` (discrete diffusion or continuous path).
@@ -125,29 +119,33 @@ class Objective:
             )
         self.prediction.check_schedule(sched)
 
-    # ------------------------------------------------------------------ helpers used by samplers
+    # ------------------------------------------------------------------ what samplers need
+    @property
+    def parameterization(self) -> Parameterization:
+        """The schedule, prediction and learned-variance flag: what a sampler needs of this model."""
+        return Parameterization(self.schedule, self.prediction, self.learn_variance)
+
     def model_outputs(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Split the raw network output (B, C[*2], H, W) into (prediction (B, C, H, W), v or None)."""
-        if not self.learn_variance:
-            return raw, None
-        if raw.shape[1] % 2:
-            raise ConfigError(
-                f"objective.learn_variance=true but the denoiser returned {raw.shape[1]} channels (odd); its "
-                "out_channels must be ${out_channels:latent_channels,${objective.learn_variance}}"
-            )
-        pred, v = raw.chunk(2, dim=1)  # (B, C, H, W) each
-        return pred, v
-
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        s = self.schedule(t.float()).reshape_like(x0)
-        return s.alpha_t * x0 + s.sigma_t * eps
+        return self.parameterization.model_outputs(raw)
 
     # ------------------------------------------------------------------ the loss
+    def draw(self, rng: BatchRandomness, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training ``t`` (B,) and noise ``eps`` (B, *shape) (offset noise included) from ``rng``, float32 on
+        ``rng.device``. Always three draws, t, eps, offset, in that order."""
+        t = rng.draw(lambda n, g, d: self.time_sampler.sample(n, d, g)).float()  # (B,)
+        eps = rng.randn(*shape)  # (B, C, H, W)
+        offset = rng.randn(shape[0], *(1,) * (len(shape) - 1))  # (B, C, 1, 1)
+        if self.offset_noise > 0:
+            eps = eps + self.offset_noise * offset
+        return t, eps
+
     def loss(
         self,
         model_fn,
         x0: torch.Tensor,
         *,
+        rng: BatchRandomness | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         t: torch.Tensor | None = None,
@@ -155,21 +153,23 @@ class Objective:
         """Args:
             model_fn: ``model_fn(x_t (B,C,H,W) float32, t (B,) float32) -> raw output``.
             x0: (B, C, H, W) clean (latent) batch.
-            generator: the only source of randomness (t and noise) when given.
-            noise, t: fix eps (B,C,H,W) and/or t (B,) (tests, evaluation of the loss at given t).
+            rng: draws t and eps (:meth:`draw`) when they are not given; default: one process, the whole
+                batch, from ``generator`` (None: torch's global RNG).
+            noise, t: fix eps (B,C,H,W) and/or t (B,) (drawn beforehand by the system, tests, evaluation of
+                the loss at given t).
         Returns:
             (scalar loss, log dict of detached scalars: loss, loss_simple, mse[, vlb]).
         """
-        B, C = x0.shape[:2]
+        if t is None or noise is None:
+            if rng is None:
+                rng = BatchRandomness.local(x0.shape[0], generator, device=x0.device)
+            t_drawn, noise_drawn = self.draw(rng, tuple(x0.shape[1:]))
+            t = t_drawn if t is None else t
+            noise = noise_drawn if noise is None else noise
+        B = x0.shape[0]
         x0 = x0.float()
-        if t is None:
-            t = self.time_sampler.sample(B, x0.device, generator)  # (B,)
         t = t.to(device=x0.device, dtype=torch.float32)
-        if noise is None:
-            noise = randn(x0.shape, like=x0, generator=generator)  # (B, C, H, W)
-            if self.offset_noise > 0:
-                noise = noise + self.offset_noise * randn((B, C) + (1,) * (x0.ndim - 2), like=x0, generator=generator)
-        noise = noise.float()
+        noise = noise.to(x0.device).float()
 
         s = self.schedule(t).reshape_like(x0)  # fields (B, 1, 1, 1)
         x_t = s.alpha_t * x0 + s.sigma_t * noise  # (B, C, H, W), Ho et al. Eq. 4

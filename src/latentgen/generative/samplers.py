@@ -2,11 +2,12 @@
 
 Every sampler is called as
 
-    sampler(model_fn, objective, noise, *, steps=None, generator=None, progress=False, **overrides) -> x0 (B,C,H,W)
+    sampler(model_fn, param, noise, *, steps=None, generator=None, progress=False, **overrides) -> x0 (B,C,H,W)
 
 - ``model_fn(x_t (B,C,H,W), t (B,) float) -> raw network output`` (guidance = a wrapped model_fn, see
-  ``guidance.py``); ``objective`` supplies ``schedule``, ``prediction`` and ``model_outputs`` (learned
-  variance split).
+  ``guidance.py``); ``param`` is the model's :class:`~latentgen.generative.parameterization.Parameterization`:
+  ``schedule``, ``prediction`` and ``model_outputs`` (learned variance split), e.g.
+  ``objective.parameterization`` (samplers never see the training objective).
 - ``noise`` is the start sample x_1 (B, C, H, W), drawn by the caller; all further randomness comes from
   ``generator`` (drawn on the generator's device), so a fixed seed gives identical samples.
 - Constructor kwargs are the defaults (``steps``, ``spacing``, ``eta``...); per-call kwargs override them
@@ -14,21 +15,8 @@ Every sampler is called as
 - ``sampler.sample(...)`` returns :class:`SamplerOutput` (samples and the exact number of network
   evaluations, NFE); ``sampler.nfe(steps)`` gives the NFE of fixed-step samplers in advance.
 
-**Time grids.** A :class:`Spacing` turns ``steps = N`` into descending times ``t_0 > ... > t_{N-1} > t_N = 0``;
-the network is evaluated at ``t_0..t_{N-1}`` and the last step lands on t=0 (alpha=1, sigma=0), i.e. it
-returns the model's x0 estimate (DDIM with ``set_alpha_to_one``; the Euler step to sigma=0 of Karras
-et al. 2022). For a discrete schedule (T steps) the times are grid points ``t = (k + 1)/T`` with the
-indices of diffusers' ``timestep_spacing`` (Lin et al. 2023, Table 2):
-
-- ``leading`` (``LeadingSpacing(steps_offset=1)``): ``k = arange(N) * (T // N) + steps_offset``, reversed.
-  ``steps_offset=1`` is LDM's / Stable Diffusion's DDIM grid (981, 961, ..., 1 for N=50). Its first step
-  is not at t=1, so the pure-noise start does not match the marginal there. Not defined on continuous paths.
-- ``trailing`` (default everywhere): ``k = round(T - i T/N) - 1``: 999, 979, ..., 19. Starts at t=1
-  (required with zero-terminal SNR). On a continuous path: ``t_i = 1 - i/N``.
-- ``linspace``: ``k = round(linspace(0, T - 1, N))``, reversed: 999, ..., 0 (diffusers' DDIM/DDPM
-  "linspace"; its DPMSolverMultistep "linspace" is a different grid). On a continuous path:
-  ``linspace(1, t_min, N)`` (default ``t_min = 1/N``, which equals trailing; ``t_min = 1/1000`` is
-  diffusers' FlowMatchEulerDiscreteScheduler grid).
+**Time grids** (``spacing``) are in :mod:`latentgen.generative.time_grids`: the network is evaluated at
+``t_0 > ... > t_{N-1}`` and the last step lands on ``t_N = 0``.
 
 **ODE samplers** (Euler, Heun, dopri5) integrate the probability-flow ODE ``dx/dt = d_alpha x0_hat +
 d_sigma eps_hat`` in ``t``: exact drift for flows (velocity prediction returns it directly). On a
@@ -47,17 +35,12 @@ from typing import Any, Callable
 import torch
 
 from latentgen.errors import ConfigError
-from latentgen.generative.objective import Objective, interpolate_log_variance, randn
+from latentgen.generative.parameterization import Parameterization, interpolate_log_variance
 from latentgen.generative.schedules import NoiseSchedule, ScheduleOutput
+from latentgen.generative.time_grids import Spacing, resolve_spacing
 
 __all__ = [
     "SamplerOutput",
-    "Spacing",
-    "LeadingSpacing",
-    "TrailingSpacing",
-    "LinspaceSpacing",
-    "SPACINGS",
-    "resolve_spacing",
     "Sampler",
     "DDPMSampler",
     "DDIMSampler",
@@ -68,111 +51,6 @@ __all__ = [
 ]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-# =============================================================================================
-# Time grids ("timestep spacing")
-# =============================================================================================
-
-
-class Spacing:
-    """``grid(schedule, steps) -> (steps + 1,) float64`` descending times, last = 0."""
-
-    def indices(self, num_timesteps: int, steps: int) -> torch.Tensor:
-        """Discrete schedules: (steps,) int64 descending indices k in [0, T-1]."""
-        raise NotImplementedError
-
-    def continuous(self, steps: int) -> torch.Tensor:
-        """Continuous paths: (steps,) float64 descending times in (0, 1]."""
-        raise NotImplementedError
-
-    def grid(self, schedule: NoiseSchedule, steps: int) -> torch.Tensor:
-        if steps < 1:
-            raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
-        if schedule.is_discrete:
-            T = schedule.num_timesteps
-            if steps > T:
-                raise ConfigError(f"sampler.steps={steps} exceeds the schedule's {T} timesteps")
-            k = self.indices(T, steps)
-            if int(k.min()) < 0 or int(k.max()) > T - 1 or not bool((k[1:] < k[:-1]).all()):
-                raise ConfigError(
-                    f"{self!r} with steps={steps}, T={T} gives an invalid index grid {k.tolist()[:5]}...; "
-                    "use another spacing or steps_offset"
-                )
-            t = (k.double() + 1.0) / T  # t_k = (k + 1)/T
-        else:
-            t = self.continuous(steps)
-        return torch.cat([t, torch.zeros(1, dtype=torch.float64)])  # (steps + 1,)
-
-
-class LeadingSpacing(Spacing):
-    """diffusers "leading": k = arange(N) * (T // N) + steps_offset (LDM DDIM: steps_offset = 1)."""
-
-    def __init__(self, steps_offset: int = 1) -> None:
-        self.steps_offset = int(steps_offset)
-
-    def indices(self, num_timesteps, steps):
-        ratio = num_timesteps // steps
-        return (torch.arange(steps, dtype=torch.int64) * ratio).flip(0) + self.steps_offset
-
-    def continuous(self, steps):
-        raise ConfigError("sampler.spacing=leading needs a discrete schedule; use trailing or linspace for flows")
-
-    def __repr__(self) -> str:
-        return f"LeadingSpacing(steps_offset={self.steps_offset})"
-
-
-class TrailingSpacing(Spacing):
-    """diffusers "trailing": k = round(T - i T/N) - 1; continuous: t_i = 1 - i/N."""
-
-    def indices(self, num_timesteps, steps):
-        i = torch.arange(steps, dtype=torch.float64)
-        return torch.round(num_timesteps - i * (num_timesteps / steps)).long() - 1
-
-    def continuous(self, steps):
-        return 1.0 - torch.arange(steps, dtype=torch.float64) / steps
-
-    def __repr__(self) -> str:
-        return "TrailingSpacing()"
-
-
-class LinspaceSpacing(Spacing):
-    """diffusers DDIM/DDPM "linspace": k = round(linspace(0, T-1, N)) reversed; continuous:
-    linspace(1, t_min, N) with t_min = 1/N by default."""
-
-    def __init__(self, t_min: float | None = None) -> None:
-        self.t_min = t_min
-
-    def indices(self, num_timesteps, steps):
-        return torch.round(torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64)).long().flip(0)
-
-    def continuous(self, steps):
-        t_min = 1.0 / steps if self.t_min is None else float(self.t_min)
-        if steps == 1:
-            return torch.ones(1, dtype=torch.float64)
-        return torch.linspace(1.0, t_min, steps, dtype=torch.float64)
-
-    def __repr__(self) -> str:
-        return f"LinspaceSpacing(t_min={self.t_min})"
-
-
-SPACINGS: dict[str, Callable[[], Spacing]] = {
-    "leading": LeadingSpacing,
-    "trailing": TrailingSpacing,
-    "linspace": LinspaceSpacing,
-}
-
-
-def resolve_spacing(spacing: str | Spacing) -> Spacing:
-    """A Spacing instance is used as is; a name is looked up in :data:`SPACINGS` (leading = steps_offset 1)."""
-    if isinstance(spacing, Spacing):
-        return spacing
-    try:
-        return SPACINGS[spacing]()
-    except (KeyError, TypeError):
-        raise ConfigError(
-            f"sampler.spacing={spacing!r} is unknown; use one of {sorted(SPACINGS)} or a Spacing object"
-        ) from None
 
 
 # =============================================================================================
@@ -189,31 +67,38 @@ class SamplerOutput:
 class _Net:
     """Evaluates ``model_fn`` at scalar time ``t`` and converts the output; counts evaluations."""
 
-    def __init__(self, model_fn: ModelFn, objective: Objective) -> None:
-        self.model_fn, self.objective, self.nfe = model_fn, objective, 0
+    def __init__(self, model_fn: ModelFn, param: Parameterization) -> None:
+        self.model_fn, self.param, self.nfe = model_fn, param, 0
 
     def schedule_at(self, t: float, x: torch.Tensor) -> ScheduleOutput:
         """ScheduleOutput of 0-dim float32 tensors on x's device (computed in float64)."""
-        s = self.objective.schedule(torch.tensor(t, dtype=torch.float64))
+        s = self.param.schedule(torch.tensor(t, dtype=torch.float64))
         return s.map(lambda v: v.to(device=x.device, dtype=torch.float32))
 
     def __call__(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor | None, ScheduleOutput]:
         t_vec = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)  # (B,)
         raw = self.model_fn(x, t_vec)
         self.nfe += 1
-        pred, v = self.objective.model_outputs(raw)
+        pred, v = self.param.model_outputs(raw)
         return pred.float(), (None if v is None else v.float()), self.schedule_at(t, x)
 
     def x0_eps(self, x: torch.Tensor, t: float):
         pred, v, s = self(x, t)
-        x0, eps = self.objective.prediction.to_x0_eps(pred, x, s)
+        x0, eps = self.param.prediction.to_x0_eps(pred, x, s)
         return x0, eps, v, pred, s
 
     def velocity(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(dx/dt, x0_hat) at (x, t)."""
         pred, _, s = self(x, t)
-        pr = self.objective.prediction
+        pr = self.param.prediction
         return pr.velocity(pred, x, s), pr.to_x0_eps(pred, x, s)[0]
+
+
+def randn(shape, *, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """N(0, I) of ``shape`` drawn on the generator's device (so fixed seeds are device independent),
+    returned on ``like``'s device in float32."""
+    dev = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=dev, dtype=torch.float32).to(like.device)
 
 
 def _alpha_sigma(schedule: NoiseSchedule, grid: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -234,7 +119,7 @@ def _progress(it, enabled: bool, desc: str):
 
 class Sampler:
     """Base class. Subclasses set ``self.defaults`` (every overridable option, ``steps`` included) and
-    implement ``_run(net, objective, x, opts, generator, progress) -> x0``."""
+    implement ``_run(net, param, x, opts, generator, progress) -> x0``."""
 
     name = "sampler"
 
@@ -257,7 +142,7 @@ class Sampler:
     def sample(
         self,
         model_fn: ModelFn,
-        objective: Objective,
+        param: Parameterization,
         noise: torch.Tensor,
         *,
         steps: int | None = None,
@@ -266,16 +151,16 @@ class Sampler:
         **overrides: Any,
     ) -> SamplerOutput:
         opts = self._options(steps, overrides)
-        net = _Net(model_fn, objective)
+        net = _Net(model_fn, param)
         x = noise.float()
         with torch.no_grad():
-            out = self._run(net, objective, x, opts, generator, progress)
+            out = self._run(net, param, x, opts, generator, progress)
         return SamplerOutput(samples=out, nfe=net.nfe)
 
     def __call__(
         self,
         model_fn: ModelFn,
-        objective: Objective,
+        param: Parameterization,
         noise: torch.Tensor,
         *,
         steps: int | None = None,
@@ -284,7 +169,7 @@ class Sampler:
         **overrides: Any,
     ) -> torch.Tensor:
         """Samples (B, C, H, W) at t=0 from ``noise`` at t=1 (see the module docstring)."""
-        out = self.sample(model_fn, objective, noise, steps=steps, generator=generator, progress=progress, **overrides)
+        out = self.sample(model_fn, param, noise, steps=steps, generator=generator, progress=progress, **overrides)
         return out.samples
 
     def nfe(self, steps: int | None = None) -> int | None:
@@ -292,7 +177,7 @@ class Sampler:
         n = self.defaults.get("steps") if steps is None else steps
         return None if n is None else int(n)
 
-    def _run(self, net: _Net, objective: Objective, x, opts, generator, progress) -> torch.Tensor:
+    def _run(self, net: _Net, param: Parameterization, x, opts, generator, progress) -> torch.Tensor:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -320,7 +205,7 @@ class DDPMSampler(Sampler):
     """Ancestral sampling (Ho et al. 2020, Alg. 2), on any (respaced) grid (Nichol & Dhariwal 2021, App. B:
     respaced betas ``beta'_i = 1 - abar_{k_i}/abar_{k_{i+1}}``).
 
-    Variance: the learned one when ``objective.learn_variance`` (iDDPM Eq. 15 on the respaced betas),
+    Variance: the learned one when ``param.learn_variance`` (iDDPM Eq. 15 on the respaced betas),
     otherwise ``variance="small"`` (beta_tilde) or ``"large"`` (beta). No noise is added on the last step.
 
     Args:
@@ -341,8 +226,8 @@ class DDPMSampler(Sampler):
             raise ConfigError(f"sampler.variance={variance!r}; use one of {sorted(self._VARIANCES)}")
         super().__init__(steps=steps, spacing=spacing, variance=variance)
 
-    def _run(self, net, objective, x, opts, generator, progress):
-        sched = objective.schedule
+    def _run(self, net, param, x, opts, generator, progress):
+        sched = param.schedule
         steps = opts["steps"]
         if steps is None:
             if not sched.is_discrete:
@@ -390,10 +275,10 @@ class DDIMSampler(Sampler):
     def __init__(self, steps: int = 50, eta: float = 0.0, spacing: str | Spacing = "trailing") -> None:
         super().__init__(steps=steps, eta=eta, spacing=spacing)
 
-    def _run(self, net, objective, x, opts, generator, progress):
+    def _run(self, net, param, x, opts, generator, progress):
         steps, eta = int(opts["steps"]), float(opts["eta"])
-        grid = opts["spacing"].grid(objective.schedule, steps)
-        alpha, sigma = _alpha_sigma(objective.schedule, grid)
+        grid = opts["spacing"].grid(param.schedule, steps)
+        alpha, sigma = _alpha_sigma(param.schedule, grid)
         for i in _progress(range(steps), progress, "ddim"):
             x0, eps, _, _, _ = net.x0_eps(x, float(grid[i]))
             a, s, a_p, s_p = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
@@ -419,9 +304,9 @@ class EulerSampler(Sampler):
     def __init__(self, steps: int = 50, spacing: str | Spacing = "trailing") -> None:
         super().__init__(steps=steps, spacing=spacing)
 
-    def _run(self, net, objective, x, opts, generator, progress):
+    def _run(self, net, param, x, opts, generator, progress):
         steps = int(opts["steps"])
-        grid = opts["spacing"].grid(objective.schedule, steps).tolist()
+        grid = opts["spacing"].grid(param.schedule, steps).tolist()
         for i in _progress(range(steps), progress, "euler"):
             d, x0 = net.velocity(x, grid[i])
             x = x0 if i == steps - 1 else x + (grid[i + 1] - grid[i]) * d
@@ -441,9 +326,9 @@ class HeunSampler(Sampler):
         n = super().nfe(steps)
         return None if n is None else 2 * n - 1
 
-    def _run(self, net, objective, x, opts, generator, progress):
+    def _run(self, net, param, x, opts, generator, progress):
         steps = int(opts["steps"])
-        grid = opts["spacing"].grid(objective.schedule, steps).tolist()
+        grid = opts["spacing"].grid(param.schedule, steps).tolist()
         for i in _progress(range(steps), progress, "heun"):
             d, x0 = net.velocity(x, grid[i])
             if i == steps - 1:
@@ -472,10 +357,10 @@ class Dopri5Sampler(Sampler):
     def nfe(self, steps=None):
         return None
 
-    def _run(self, net, objective, x, opts, generator, progress):
+    def _run(self, net, param, x, opts, generator, progress):
         from torchdiffeq import odeint  # lazy: only needed here
 
-        sched = objective.schedule
+        sched = param.schedule
         t_lo = max(float(opts["t_end"]), sched.t_min)
 
         def drift(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -505,10 +390,10 @@ class DPMSolverPP2MSampler(Sampler):
     def __init__(self, steps: int = 20, spacing: str | Spacing = "trailing") -> None:
         super().__init__(steps=steps, spacing=spacing)
 
-    def _run(self, net, objective, x, opts, generator, progress):
+    def _run(self, net, param, x, opts, generator, progress):
         steps = int(opts["steps"])
-        grid = opts["spacing"].grid(objective.schedule, steps)
-        alpha, sigma = _alpha_sigma(objective.schedule, grid)
+        grid = opts["spacing"].grid(param.schedule, steps)
+        alpha, sigma = _alpha_sigma(param.schedule, grid)
         a_t, s_t = torch.tensor(alpha, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64)
         lam = (torch.log(a_t) - torch.log(s_t)).tolist()  # -inf at alpha=0, +inf at sigma=0
         x0_prev, h_prev = None, None

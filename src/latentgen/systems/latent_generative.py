@@ -19,13 +19,15 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from latentgen.autoencoders.autoencoder import Autoencoder
-from latentgen.conditioning.base import Conditioner, Conditioning
+from latentgen.conditioning.base import Conditioner, Conditioning, batch_device, batch_size_of
 from latentgen.errors import ConfigError
 from latentgen.generative.guidance import CFGModelFn
+from latentgen.generative.objective import Objective
+from latentgen.generative.samplers import Sampler
+from latentgen.randomness import BatchRandomness
 from latentgen.systems.common import check_finite, check_nonfinite_policy, finite_on_all_ranks
 from latentgen.systems.denoiser_fit import check_denoiser_fits
 from latentgen.systems.ema import EMA
-from latentgen.systems.randomness import draw_sample_noise
 
 
 class LatentGenerativeSystem(L.LightningModule):
@@ -35,8 +37,8 @@ class LatentGenerativeSystem(L.LightningModule):
         self,
         first_stage: Autoencoder,
         denoiser: nn.Module,
-        objective,
-        sampler,
+        objective: Objective,
+        sampler: Sampler,
         conditioner: Conditioner,
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_schedule: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
@@ -49,7 +51,7 @@ class LatentGenerativeSystem(L.LightningModule):
         nonfinite: str = "raise",
         compile: bool = False,
     ) -> None:
-        """``seed`` seeds the per-sample training noise (:mod:`latentgen.systems.randomness`);
+        """``seed`` seeds the per-sample training noise (:mod:`latentgen.randomness`);
         ``nonfinite``: "raise" stops at a NaN/Inf loss, "skip" skips that optimizer step;
         ``compile``: ``torch.compile`` the denoiser for training (its state_dict keys do not change and
         the EMA copy stays an uncompiled module)."""
@@ -61,8 +63,8 @@ class LatentGenerativeSystem(L.LightningModule):
         # receive it here; it is not a submodule of theirs, so it is neither trained nor saved twice.
         if hasattr(conditioner, "set_first_stage"):
             conditioner.set_first_stage(first_stage)
-        self.objective = objective
-        self.sampler = sampler
+        self.objective: Objective = objective
+        self.sampler: Sampler = sampler
         self.optimizer_factory = optimizer
         self.lr_schedule_factory = lr_schedule
         self.guidance_scale = float(guidance_scale)
@@ -99,24 +101,41 @@ class LatentGenerativeSystem(L.LightningModule):
 
     # ------------------------------------------------------------------ latents
     @torch.no_grad()
-    def encode(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled latents of the batch's images, (B, C, h, w) — from the cache when the batch has them."""
-        sample = self.sample_posterior and self.training
-        if "latent_raw" in batch:  # from the latent cache: the regularizer's input, e.g. KL mean+logvar
-            z = self.first_stage.regularizer.latent(batch["latent_raw"], sample=sample, generator=generator)
-            return self.first_stage.scale_latent(z)
-        return self.first_stage.encode_scaled(batch["image"], sample=sample, generator=generator)
-
-    @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.first_stage.decode_scaled(z).clamp(-1, 1)
 
-    def _loss(
-        self, nets: nn.ModuleDict, batch: dict[str, Any], z: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, dict]:
-        cond = nets["conditioner"](batch, generator=generator)
-        denoiser = nets["denoiser"]
-        return self.objective.loss(lambda x_t, t: denoiser(x_t, t, cond), z, generator=generator)
+    def step_loss(self, nets: nn.ModuleDict, batch: dict[str, Any], rng: BatchRandomness) -> tuple[torch.Tensor, dict]:
+        """The loss of one step of ``nets`` (the live ones or the EMA copy) on ``batch``: training and
+        validation both take this path.
+
+        Each owner draws its own numbers from ``rng``, in this order: the conditioner one uniform per sample
+        (its CFG drop mask), the objective ``t``, ``eps`` and the offset noise, the first stage its posterior
+        sample (in training, with ``sample_posterior``); random conditioning inputs (inpainting masks) come
+        from a sub-stream of ``rng``.
+        """
+        fs = self.first_stage
+        conditioner, denoiser = nets["conditioner"], nets["denoiser"]
+        with torch.no_grad():
+            h = batch["latent_raw"] if "latent_raw" in batch else fs.encode_raw(batch["image"])  # regularizer input
+            shape = tuple(self.latent_shape) if self.latent_shape is not None else (fs.latent_channels, *h.shape[2:])
+            drop = conditioner.draw_drop_mask(rng)  # (B,) per-sample CFG dropout, or None
+            t, eps = self.objective.draw(rng, shape)  # (B,), (B, C, h, w)
+            z = fs.latent_from_raw(h, rng if self.sample_posterior and self.training else None)  # (B, C, h, w)
+        cond = conditioner.condition(batch, drop, rng)
+        return self.objective.loss(lambda x_t, t_: denoiser(x_t, t_, cond), z, t=t, noise=eps)
+
+    def step_randomness(self, batch: dict[str, Any], *, validation_batch: int | None = None) -> BatchRandomness:
+        """The generator of this step for the global batch: seeded by (seed, batch count) in training, by
+        the validation batch index in validation (the same noise at every validation). The noise of a sample
+        depends only on that seed, its position in the global batch and the global batch size."""
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        rank = self.global_rank  # contiguous sharding: rank r holds positions r*b .. r*b+b-1
+        b = batch_size_of(batch)
+        device = batch_device(batch)
+        if validation_batch is not None:
+            return BatchRandomness.for_validation(validation_batch, b, rank=rank, world_size=world, device=device)
+        return BatchRandomness.for_step(self.seed, self._batch_count(), b, rank=rank, world_size=world, device=device)
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
@@ -131,42 +150,8 @@ class LatentGenerativeSystem(L.LightningModule):
         trainer = self._trainer
         return int(trainer.fit_loop.total_batch_idx) if trainer is not None else int(self.global_step)
 
-    @torch.no_grad()
-    def training_latents_and_noise(self, batch: dict[str, Any]):
-        """Latents of the batch (posterior samples when ``sample_posterior``) and their per-sample noise.
-
-        The noise of a sample depends only on (seed, batch count, its position in the global batch,
-        the global batch size): see :mod:`latentgen.systems.randomness`.
-        """
-        fs = self.first_stage
-        h = batch["latent_raw"] if "latent_raw" in batch else fs.encode_raw(batch["image"])  # regularizer input
-        b = h.shape[0]
-        reg = fs.regularizer
-        shape = tuple(self.latent_shape) if self.latent_shape is not None else (fs.latent_channels, *h.shape[2:])
-        noise = draw_sample_noise(
-            seed=self.seed,
-            step=self._batch_count(),
-            rank=self.global_rank,  # contiguous sharding: rank r holds positions r*b .. r*b+b-1
-            world_size=self._trainer.world_size if self._trainer is not None else 1,
-            batch_size=b,
-            latent_shape=shape,
-            time_sampler=self.objective.time_sampler,
-            offset_noise=self.objective.offset_noise,
-            device=h.device,
-        )
-        if self.sample_posterior and hasattr(reg, "moments"):  # KL: reparameterized posterior sample
-            mean, logvar = reg.moments(h)  # (B, C, h, w) each, float32
-            z = (mean + torch.exp(0.5 * logvar) * noise.posterior).to(h.dtype)
-        else:
-            z = reg.latent(h, sample=False)
-        return fs.scale_latent(z), noise
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        z, noise = self.training_latents_and_noise(batch)
-        conditioner, denoiser = self.conditioner, self.denoiser
-        drop = noise.drop_u < conditioner.drop_prob if conditioner.drop_prob > 0 else None  # (B,) per-sample CFG dropout
-        cond = conditioner.encode(batch, drop)
-        loss, log = self.objective.loss(lambda x_t, t: denoiser(x_t, t, cond), z, noise=noise.noise, t=noise.t)
+        loss, log = self.step_loss(self.trainable, batch, self.step_randomness(batch))
         if not finite_on_all_ranks(loss, self._trainer):
             if self.nonfinite == "raise":
                 check_finite(loss, what="latent model loss", step=self.global_step, batch_idx=batch_idx, force=True)
@@ -176,7 +161,9 @@ class LatentGenerativeSystem(L.LightningModule):
             self.log("train/skipped_steps", float(self.skipped_steps))
             return None  # Lightning skips backward and the optimizer step
         self._skipped = False
-        self.log("train/loss", loss.detach(), prog_bar=True)
+        # The mean over ranks (each rank's loss is the mean of its equal share of the global batch), so a
+        # DDP curve reads like the one-process curve of the same global batch.
+        self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=True)
         self.log_dict({f"train/{k}": v for k, v in log.items() if k != "loss"})
         return loss
 
@@ -190,12 +177,10 @@ class LatentGenerativeSystem(L.LightningModule):
             self.ema.update(self.trainable)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # Fixed noise and times per validation batch, so val losses are comparable across steps
-        # (and the training RNG stream is not touched).
-        z = self.encode(batch)
-        seed = 1000 + batch_idx
-        loss, _ = self._loss(self.trainable, batch, z, torch.Generator().manual_seed(seed))
-        loss_ema, _ = self._loss(self.ema.shadow, batch, z, torch.Generator().manual_seed(seed))
+        # The training path with a fixed generator per validation batch, so val losses are comparable
+        # across steps (and the training stream is not touched); the EMA sees the same noise.
+        loss, _ = self.step_loss(self.trainable, batch, self.step_randomness(batch, validation_batch=batch_idx))
+        loss_ema, _ = self.step_loss(self.ema.shadow, batch, self.step_randomness(batch, validation_batch=batch_idx))
         self.val_loss.update(loss)
         self.val_loss_ema.update(loss_ema)
         self.log("val/loss", self.val_loss, prog_bar=True)
@@ -219,7 +204,7 @@ class LatentGenerativeSystem(L.LightningModule):
         steps: int | None = None,
         guidance_scale: float | None = None,
         use_ema: bool = True,
-        sampler=None,
+        sampler: Sampler | None = None,
         return_latents: bool = False,
     ) -> torch.Tensor:
         """Generate one image per sample of ``batch`` (its labels/captions/concat inputs condition them).
@@ -238,13 +223,14 @@ class LatentGenerativeSystem(L.LightningModule):
             uncond = conditioner.null(batch) if scale != 1.0 else Conditioning()
         finally:
             conditioner.train(was_training)
-        b = _batch_size(batch)
+        b = batch_size_of(batch)
         if noise is None:
             if self.latent_shape is None:
                 raise ConfigError("the latent shape is unknown: build the system with image_size=${data.resolution}")
             noise = torch.randn((b, *self.latent_shape), generator=generator, device="cpu").to(self.device)
-        model_fn = CFGModelFn(denoiser, cond, uncond, scale, learn_variance=self.objective.learn_variance)
-        z = sampler(model_fn, self.objective, noise, steps=steps, generator=generator)
+        param = self.objective.parameterization
+        model_fn = CFGModelFn(denoiser, cond, uncond, scale, learn_variance=param.learn_variance)
+        z = sampler(model_fn, param, noise, steps=steps, generator=generator)
         return z if return_latents else self.decode(z)
 
     @torch.no_grad()
@@ -266,10 +252,4 @@ class LatentGenerativeSystem(L.LightningModule):
     def grid_nrow(num_images: int) -> int:
         """Images per grid row: a square grid."""
         return max(1, int(math.sqrt(num_images)))
-
-
-def _batch_size(batch: dict[str, Any]) -> int:
-    from latentgen.conditioning.base import batch_size_of
-
-    return batch_size_of(batch)
 
