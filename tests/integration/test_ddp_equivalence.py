@@ -24,7 +24,7 @@ from latentgen.app.building import build_latent_system
 from latentgen.data.shapes import ShapesDataset
 from latentgen.randomness import BatchRandomness
 from tests.helpers import compose_config
-from tests.resilience_support import make_first_stage_export
+from tests.helpers import make_first_stage_export
 
 CONDITIONERS = ["none", "class", "inpaint"]
 SEED, STEP, GLOBAL_BATCH, WORLD = 3, 5, 8, 2
