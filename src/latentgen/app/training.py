@@ -40,7 +40,7 @@ from latentgen.app.run_checks import check_run_config
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.autoencoders.frozen import export_first_stage
 from latentgen.autoencoders.latent_stats import measure_latent_stats
-from latentgen.callbacks.resilience import PREEMPTED_EXIT_CODE
+from latentgen.callbacks.preemption import PREEMPTED_EXIT_CODE
 from latentgen.config import config_hash, hydra_choice, instantiate, to_container
 from latentgen.data.latent_cache import CachedLatentDataset, load_or_build_latent_cache
 from latentgen.errors import ConfigError

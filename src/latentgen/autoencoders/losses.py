@@ -176,9 +176,6 @@ class AutoencoderLoss(nn.Module):
         """Trainable parameters of the loss that belong to the autoencoder's optimizer (``logvar``)."""
         return (p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator."))
 
-    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
-        return iter(()) if self.discriminator is None else self.discriminator.parameters()
-
     # -------------------------------------------------------------------------------- generator
     def generator_loss(
         self,
