@@ -1,0 +1,73 @@
+"""AutoencoderSystem: it owns the discriminator (state_dict keys, legacy keys, optimizers) and refuses a loss
+made for the other regularizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentgen.autoencoders.autoencoder import Autoencoder
+from latentgen.autoencoders.discriminator import PatchGANDiscriminator
+from latentgen.autoencoders.encoder_decoder import Decoder, Encoder
+from latentgen.autoencoders.losses import AutoencoderLoss
+from latentgen.autoencoders.perceptual import NoPerceptual
+from latentgen.autoencoders.regularizers import KLRegularizer, VectorQuantizer
+from latentgen.errors import ConfigError
+from latentgen.systems.autoencoder import AutoencoderSystem
+
+
+def _autoencoder(kind: str) -> Autoencoder:
+    z = 2
+    moments = 2 * z if kind == "kl" else z
+    net = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, resolution=8)
+    enc = Encoder(in_channels=1, out_channels=moments, **net)
+    dec = Decoder(out_channels=1, in_channels=z, **net)
+    reg = KLRegularizer() if kind == "kl" else VectorQuantizer(16, z)
+    return Autoencoder(enc, reg, dec, downsample_factor=2, latent_channels=z)
+
+
+def _system(kind: str = "kl", learn_logvar: bool | None = None, disc: bool = True) -> AutoencoderSystem:
+    learn = (kind == "kl") if learn_logvar is None else learn_logvar
+    loss = AutoencoderLoss(NoPerceptual(), perceptual_weight=0.0, learn_logvar=learn)
+    d = PatchGANDiscriminator(1, ndf=4, n_layers=1, norm="batch") if disc else None
+    return AutoencoderSystem(_autoencoder(kind), loss, d)
+
+
+def test_the_system_owns_the_discriminator_and_the_loss_does_not():
+    system = _system()
+    keys = list(system.state_dict())
+    assert any(k.startswith("discriminator.main.") for k in keys)
+    assert not any(k.startswith("loss.discriminator") for k in keys)
+    assert not any(isinstance(m, PatchGANDiscriminator) for m in system.loss.modules())
+    # The second optimizer steps exactly the discriminator; the first the autoencoder and the loss's logvar.
+    ae_opt, d_opt = system.configure_optimizers()
+    assert [id(p) for p in d_opt.param_groups[0]["params"]] == [id(p) for p in system.discriminator.parameters()]
+    ae_ids = {id(p) for p in ae_opt.param_groups[0]["params"]}
+    assert id(system.loss.logvar) in ae_ids and not ae_ids & {id(p) for p in system.discriminator.parameters()}
+    assert _system(disc=False).configure_optimizers().__len__() == 1
+
+
+def test_a_checkpoint_with_the_old_loss_discriminator_keys_still_loads():
+    torch.manual_seed(0)
+    old = _system()
+    legacy = {("loss." + k if k.startswith("discriminator.") else k): v.clone() for k, v in old.state_dict().items()}
+    assert any(k.startswith("loss.discriminator.") for k in legacy)
+    torch.manual_seed(1)
+    new = _system()
+    new.load_state_dict(legacy)  # strict: every key is matched after the rename
+    for k, v in old.state_dict().items():
+        assert torch.equal(new.state_dict()[k], v), k
+
+
+def test_a_vq_autoencoder_refuses_the_kl_loss_and_the_other_way_round():
+    with pytest.raises(ConfigError, match="ae_loss=vq"):
+        _system("vq", learn_logvar=True)
+    with pytest.raises(ConfigError, match="ae_loss=default"):
+        _system("kl", learn_logvar=False)
+    _system("vq", learn_logvar=False), _system("kl", learn_logvar=True)  # the matching pairs build
+
+
+def test_rescale_latents_is_a_property_of_the_regularizer():
+    assert KLRegularizer().rescale_latents is True
+    assert VectorQuantizer(8, 2).rescale_latents is False
+    assert VectorQuantizer(8, 2, rescale_latents=True).rescale_latents is True
