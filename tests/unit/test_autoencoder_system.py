@@ -71,3 +71,27 @@ def test_rescale_latents_is_a_property_of_the_regularizer():
     assert KLRegularizer().rescale_latents is True
     assert VectorQuantizer(8, 2).rescale_latents is False
     assert VectorQuantizer(8, 2, rescale_latents=True).rescale_latents is True
+
+
+class _Batches:
+    """The part of a datamodule that stage 2 reads: a train loader of image batches."""
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        return [{"image": 3 * torch.randn(4, 1, 8, 8, generator=g)} for _ in range(2)]
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_vq_latents_keep_scale_one_unless_asked_and_the_log_says_so(rescale, caplog):
+    from latentgen.app.training import measure_latent_statistics
+
+    system = _system("vq")
+    system.autoencoder.regularizer._rescale_latents = rescale
+    with caplog.at_level("INFO", logger="latentgen"):
+        measure_latent_statistics(system, _Batches())
+    scale = float(system.autoencoder.latent_scale)
+    if rescale:
+        assert scale != 1.0 and "applied" in caplog.text
+    else:
+        assert scale == 1.0
+        assert "latent scale stays 1" in caplog.text and "rescale_latents=true" in caplog.text
