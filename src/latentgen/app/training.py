@@ -111,14 +111,16 @@ def measure_latent_statistics(system: AutoencoderSystem, datamodule) -> None:
     rescale = autoencoder.regularizer.rescale_latents
     batches = (b["image"].to(system.device) for b in datamodule.train_dataloader())
     try:
-        scale, shift = measure_latent_stats(autoencoder, batches, num_batches=system.latent_stats_batches, rescale=True)
+        scale, shift = measure_latent_stats(
+            autoencoder, batches, num_batches=system.latent_stats_batches, rescale=True
+        )
     except DataError:
         if rescale:
             raise
         scale, shift = float("nan"), 0.0  # constant latents: nothing to report, nothing applied
     if rescale:
         autoencoder.set_latent_stats(scale, shift)
-        log.info("latent scale %.5f shift %.5f (1/std of the latents, applied to what the latent model sees)", scale, shift)
+        log.info("latent scale %.5f shift %.5f (1/std of the latents, applied to the latents)", scale, shift)
     else:
         autoencoder.set_latent_stats(1.0, 0.0)
         log.info(

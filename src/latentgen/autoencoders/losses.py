@@ -263,7 +263,8 @@ class AutoencoderLoss(nn.Module):
         self, inputs: torch.Tensor, recon: torch.Tensor, *, discriminator: nn.Module, batch_idx: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """D loss of ``discriminator`` on detached ``inputs`` (real) and ``recon`` (fake), times the D factor
-        (0 before ``disc_train_start``; D is still evaluated, so the loss always has a graph to backpropagate)."""
+        (0 before ``disc_train_start``; D is still evaluated, so the loss always has a graph to
+        backpropagate)."""
         if discriminator is None:
             raise RuntimeError("discriminator_loss needs a discriminator (the system has none: discriminator=none)")
         # Two calls (not one concatenated batch), so BatchNorm sees real and fake statistics separately.

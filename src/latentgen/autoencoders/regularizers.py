@@ -223,8 +223,8 @@ class VectorQuantizer(Regularizer):
         self.dead_code_threshold, self.usage_decay = float(dead_code_threshold), float(usage_decay)
         if not 0.0 <= self.dead_code_threshold <= 1.0 or not 0.0 <= self.usage_decay < 1.0:
             raise ConfigError(
-                f"autoencoder.regularizer: dead_code_threshold={dead_code_threshold} must be in [0, 1] (a fraction "
-                f"of the expected assignments per code) and usage_decay={usage_decay} in [0, 1)"
+                f"autoencoder.regularizer: dead_code_threshold={dead_code_threshold} must be in [0, 1] (a "
+                f"fraction of the expected assignments per code) and usage_decay={usage_decay} in [0, 1)"
             )
         self._rescale_latents = bool(rescale_latents)
 

@@ -1,5 +1,5 @@
-"""Pre-emption: :class:`PreemptionCheckpoint` writes ``last.ckpt`` at the batch boundary where a run stopped by
-SIGTERM (or by one of its ``signals``, e.g. submitit's SIGUSR2) ends; the training root
+"""Pre-emption: :class:`PreemptionCheckpoint` writes ``last.ckpt`` at the batch boundary where a run stopped
+by SIGTERM (or by one of its ``signals``, e.g. submitit's SIGUSR2) ends; the training root
 (:mod:`latentgen.app.training`) then exits with :data:`PREEMPTED_EXIT_CODE`.
 """
 

@@ -201,8 +201,9 @@ def check_loss_fits_regularizer(autoencoder: Autoencoder, loss: AutoencoderLoss)
     )
 
 
-def _rename_legacy_discriminator_keys(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
-    """``loss.discriminator.*`` (checkpoints written while the loss held the discriminator) -> ``discriminator.*``."""
+def _rename_legacy_discriminator_keys(state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """A load_state_dict pre-hook: ``loss.discriminator.*`` (checkpoints written while the loss held the
+    discriminator) -> ``discriminator.*``."""
     old = prefix + "loss.discriminator."
     for key in [k for k in state_dict if k.startswith(old)]:
         state_dict[prefix + "discriminator." + key[len(old) :]] = state_dict.pop(key)
