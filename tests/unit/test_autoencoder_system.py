@@ -95,3 +95,50 @@ def test_vq_latents_keep_scale_one_unless_asked_and_the_log_says_so(rescale, cap
     else:
         assert scale == 1.0
         assert "latent scale stays 1" in caplog.text and "rescale_latents=true" in caplog.text
+
+
+@pytest.mark.parametrize("option", ["kl_f4_tiny", "vq_f4_tiny"])
+def test_an_autoencoder_checkpoint_of_the_former_layout_still_loads(option, tmp_path):
+    """Before the system owned the discriminator, checkpoints stored it under model.loss.discriminator (config)
+    and loss.discriminator.* (weights), with model.rescale_vq_latents, and a VQ model could carry the KL loss."""
+    from latentgen.app.building import load_system_from_checkpoint
+    from latentgen.checkpoint import CONFIG_KEY, KIND_KEY, VERSION_KEY
+    from latentgen.config import instantiate, to_container
+    from tests.helpers import FAST, compose_config
+
+    overrides = [*FAST, "model=autoencoder", f"autoencoder={option}", "discriminator=patchgan_tiny", "perceptual=none"]
+    if option.startswith("vq"):
+        overrides.append("ae_loss=default")  # the former default: the KL loss beside a VQ model
+    cfg = compose_config(overrides, output_dir=str(tmp_path))
+    stored = to_container(cfg)
+    stored["model"]["loss"]["discriminator"] = stored["model"].pop("discriminator")
+    stored["model"]["rescale_vq_latents"] = False
+    torch.manual_seed(0)
+    cfg.ae_loss.learn_logvar = not option.startswith("vq")  # today's pairing, to make the weights
+    reference = instantiate(cfg.model)
+    weights = {("loss." + k if k.startswith("discriminator.") else k): v for k, v in reference.state_dict().items()}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": weights, CONFIG_KEY: stored, KIND_KEY: "autoencoder", VERSION_KEY: "0.1"}, path)
+
+    system, _ = load_system_from_checkpoint(path)
+    assert isinstance(system.discriminator, PatchGANDiscriminator)
+    for k, v in reference.state_dict().items():
+        assert torch.equal(system.state_dict()[k], v), k
+
+
+def test_a_vq_first_stage_of_the_former_config_still_matches_the_request():
+    """A VQ export written before rescale_latents existed and with the absolute restart threshold of 1.0
+    matches today's vq_* request: restart settings act in training only, and rescale_latents was false."""
+    from latentgen.autoencoders.frozen import config_differences
+    from latentgen.config import to_container
+    from tests.helpers import compose_config
+
+    requested = to_container(compose_config(["autoencoder=vq_f4_tiny"]).autoencoder)
+    former = to_container(compose_config(["autoencoder=vq_f4_tiny"]).autoencoder)
+    del former["regularizer"]["rescale_latents"]
+    former["regularizer"]["dead_code_threshold"] = 1.0
+    assert config_differences(requested, former) == []
+    requested["regularizer"]["rescale_latents"] = True  # a request the former checkpoint cannot meet
+    assert config_differences(requested, former) == [
+        "autoencoder.regularizer.rescale_latents: requested True, missing in the checkpoint"
+    ]
