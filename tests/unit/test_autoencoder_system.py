@@ -99,14 +99,16 @@ def test_vq_latents_keep_scale_one_unless_asked_and_the_log_says_so(rescale, cap
 
 @pytest.mark.parametrize("option", ["kl_f4_tiny", "vq_f4_tiny"])
 def test_an_autoencoder_checkpoint_of_the_former_layout_still_loads(option, tmp_path):
-    """Before the system owned the discriminator, checkpoints stored it under model.loss.discriminator (config)
-    and loss.discriminator.* (weights), with model.rescale_vq_latents, and a VQ model could carry the KL loss."""
+    """Before the system owned the discriminator, checkpoints stored it under model.loss.discriminator
+    (config) and loss.discriminator.* (weights), with model.rescale_vq_latents; a VQ model could carry the
+    KL loss."""
     from latentgen.app.building import load_system_from_checkpoint
     from latentgen.checkpoint import CONFIG_KEY, KIND_KEY, VERSION_KEY
     from latentgen.config import instantiate, to_container
     from tests.helpers import FAST, compose_config
 
-    overrides = [*FAST, "model=autoencoder", f"autoencoder={option}", "discriminator=patchgan_tiny", "perceptual=none"]
+    overrides = [*FAST, "model=autoencoder", f"autoencoder={option}", "discriminator=patchgan_tiny",
+                 "perceptual=none"]
     if option.startswith("vq"):
         overrides.append("ae_loss=default")  # the former default: the KL loss beside a VQ model
     cfg = compose_config(overrides, output_dir=str(tmp_path))
@@ -116,7 +118,8 @@ def test_an_autoencoder_checkpoint_of_the_former_layout_still_loads(option, tmp_
     torch.manual_seed(0)
     cfg.ae_loss.learn_logvar = not option.startswith("vq")  # today's pairing, to make the weights
     reference = instantiate(cfg.model)
-    weights = {("loss." + k if k.startswith("discriminator.") else k): v for k, v in reference.state_dict().items()}
+    weights = {("loss." + k if k.startswith("discriminator.") else k): v
+               for k, v in reference.state_dict().items()}
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": weights, CONFIG_KEY: stored, KIND_KEY: "autoencoder", VERSION_KEY: "0.1"}, path)
 
