@@ -46,8 +46,8 @@ class ImageDataModule(L.LightningDataModule):
         root: the image folder of ``data=folder`` (kept at the top of the data node so that the
             CLI override is ``data.root=...``; the dataset node interpolates it). Informational here.
         cache_latents: for latent models, encode the training split once with the first stage and
-            train from the cached latents (``latentgen.run`` builds the cache and calls
-            :meth:`use_train_dataset`).
+            train from the cached latents (the training root, ``latentgen.app.training``, builds the cache
+            and calls :meth:`use_train_dataset`).
     """
 
     def __init__(
