@@ -17,10 +17,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
-
-from torch import nn
 
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.autoencoders.losses import AutoencoderLoss
