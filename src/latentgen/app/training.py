@@ -109,15 +109,18 @@ def measure_latent_statistics(system: AutoencoderSystem, datamodule) -> None:
     ``autoencoder.regularizer.rescale_latents=true``); otherwise the scale stays 1 and the log says so."""
     autoencoder = system.autoencoder
     rescale = autoencoder.regularizer.rescale_latents
-    batches = (b["image"].to(system.device) for b in datamodule.train_dataloader())
+
+    def measure(with_scale: bool) -> tuple[float, float]:
+        batches = (b["image"].to(system.device) for b in datamodule.train_dataloader())
+        return measure_latent_stats(autoencoder, batches, system.latent_stats_batches, rescale=with_scale)
+
     try:
-        scale, shift = measure_latent_stats(
-            autoencoder, batches, num_batches=system.latent_stats_batches, rescale=True
-        )
+        scale, shift = measure(True)  # also for latents that are not rescaled: the log reports their scale
     except DataError:
         if rescale:
             raise
-        scale, shift = float("nan"), 0.0  # constant latents: nothing to report, nothing applied
+        measure(False)  # no latents at all still fails; constant latents (std 0) just have no scale to report
+        scale, shift = float("nan"), 0.0
     if rescale:
         autoencoder.set_latent_stats(scale, shift)
         log.info("latent scale %.5f shift %.5f (1/std of the latents, applied to the latents)", scale, shift)
