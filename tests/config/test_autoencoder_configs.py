@@ -37,8 +37,12 @@ def hydra_ctx():
 
 
 def _cfg(name: str, resolution: int = 32, channels: int = 3, overrides: tuple[str, ...] = ()):
+    # +ae_loss before +autoencoder: a vq_* config overrides ae_loss (its loss), which must be in the list first.
     cfg = compose(
-        overrides=[f"+autoencoder={name}", f"+data.resolution={resolution}", f"+data.channels={channels}", *overrides]
+        overrides=[
+            "+perceptual=none", "+ae_loss=default", f"+autoencoder={name}", f"+data.resolution={resolution}", f"+data.channels={channels}",
+            *overrides,
+        ]
     )
     OmegaConf.resolve(cfg)
     return cfg

@@ -30,8 +30,9 @@ SAMPLERS = sorted(p.stem for p in (CONF / "sampler").glob("*.yaml"))
 
 
 def _compose(group: str, name: str):
+    # +schedule first: an objective interpolates ${schedule} and may select its own (rectified_flow).
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(overrides=[f"+{group}={name}"])[group]
+        return compose(overrides=["+schedule=scaled_linear", f"+{group}={name}"])[group]
 
 
 def test_expected_configs_exist():

@@ -27,7 +27,7 @@ def test_two_stage_run_under_ddp_launches_once_and_agrees_across_ranks(tmp_path)
          "ae_loss.disc_start=1", "ae_loss.disc_train_start=0", "first_stage.trainer.max_steps=3",
          "first_stage.trainer.val_check_interval=3", "first_stage.latent_stats_batches=2", "trainer.max_steps=3",
          "trainer.val_check_interval=3", "logger=csv", *TINY,
-         "+callbacks.rank_check._target_=latentgen.callbacks.resilience.RankConsistencyCheck",
+         "+callbacks.rank_check._target_=latentgen.callbacks.rank_check.RankConsistencyCheck",
          f"hydra.run.dir={run}"],
         tmp_path, timeout=600)
     out = proc.stdout + proc.stderr

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentgen.callbacks.resilience import PREEMPTED_EXIT_CODE, read_step_log
+from latentgen.callbacks.preemption import PREEMPTED_EXIT_CODE
+from latentgen.callbacks.step_log import read_step_log
 from latentgen.checkpoint import read_latentgen_checkpoint
 from latentgen.app.training import train
 from tests.helpers import cli_env, compose_config, make_first_stage_export
@@ -51,7 +52,7 @@ LATENT = [
     "num_grid_samples=4",
     "sample_every_n_steps=1000",
     "callbacks.model_checkpoint.every_n_train_steps=3",
-    "+callbacks.step_log._target_=latentgen.callbacks.resilience.StepMetricsLog",
+    "+callbacks.step_log._target_=latentgen.callbacks.step_log.StepMetricsLog",
 ]
 # Test-only: slows each batch down so that a signal can land mid-training.
 THROTTLE = ["+callbacks.throttle._target_=tests.helpers.Throttle"]
@@ -161,7 +162,7 @@ def ddp_run(setup):
     tmp, overrides, _ = setup
     run = tmp / "ddp"
     args = [*overrides, "trainer=ddp_cpu", "logger=wandb",
-            "+callbacks.rank_check._target_=latentgen.callbacks.resilience.RankConsistencyCheck",
+            "+callbacks.rank_check._target_=latentgen.callbacks.rank_check.RankConsistencyCheck",
             f"hydra.run.dir={run}"]
     rc, out = _finish(_start(args, tmp, WANDB_API_KEY=SECRET), timeout=400)
     return run, rc, out

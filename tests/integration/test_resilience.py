@@ -16,9 +16,10 @@ import pytest
 import torch
 
 import latentgen.checkpoint as ckpt_mod
-from latentgen.callbacks.resilience import read_step_log
+from latentgen.callbacks.step_log import read_step_log
 from latentgen.checkpoint import AtomicCheckpointIO, atomic_torch_save, load_checkpoint_file, read_latentgen_checkpoint
-from latentgen.data.datamodule import EpochShuffleSampler, ResumableDataLoader
+from latentgen.data.resumable_loader import ResumableDataLoader
+from latentgen.data.sampling import EpochShuffleSampler
 from latentgen.errors import ConfigError, NonFiniteLossError
 from latentgen.app.building import check_output_dir
 from latentgen.app.training import train
@@ -37,7 +38,7 @@ SMALL = [
     "num_grid_samples=4",
     "sample_every_n_steps=1000",
     "callbacks.model_checkpoint.every_n_train_steps=3",
-    "+callbacks.step_log._target_=latentgen.callbacks.resilience.StepMetricsLog",
+    "+callbacks.step_log._target_=latentgen.callbacks.step_log.StepMetricsLog",
 ]
 AE = [*SMALL, "model=autoencoder", "autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny", "perceptual=none",
       "ae_loss.disc_train_start=3", "ae_loss.disc_start=5", "trainer.max_steps=10"]
@@ -329,7 +330,7 @@ class SignalAtBatch(L.Callback):
 def test_a_requeue_signal_saves_at_the_next_batch_boundary_then_hands_over(tmp_path):
     """The SLURM/submitit recipe: SIGUSR2 -> last.ckpt at the end of the next batch -> the handler
     installed before (submitit's requeue) is called -> the run stops with exit code 143."""
-    from latentgen.callbacks.resilience import PREEMPTED_EXIT_CODE
+    from latentgen.callbacks.preemption import PREEMPTED_EXIT_CODE
 
     calls = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))

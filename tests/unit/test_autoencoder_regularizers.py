@@ -183,22 +183,47 @@ def test_vq_ema_moves_codes_towards_assigned_means():
 
 def test_vq_dead_code_restart_revives_unused_codes():
     codes = torch.cat([torch.zeros(1, 2), torch.full((7, 2), 100.0)])  # only code 0 is near the data
-    vq = _vq(codes, dead_code_restart=True, dead_code_threshold=0.5).train()
+    # usage starts at N/K = 8 per code and halves per forward unused: below 0.1 * 8 after 4 forwards
+    vq = _vq(codes, dead_code_restart=True, dead_code_threshold=0.1, usage_decay=0.5).train()
     z = torch.randn(64, 2)
-    first = vq(_to_map(z, 1, 8, 8))
-    assert first.log["usage"].item() == pytest.approx(1 / 8)  # no usage history yet: no restart
-    second = vq(_to_map(z, 1, 8, 8))
-    assert second.log["usage"].item() > 0.5
+    for _ in range(4):
+        out = vq(_to_map(z, 1, 8, 8))
+        assert out.log["usage"].item() == pytest.approx(1 / 8)  # not dead yet: no restart
+    assert vq.code_usage[1:].max().item() == pytest.approx(0.5)
+    fifth = vq(_to_map(z, 1, 8, 8))
+    assert fifth.log["usage"].item() > 0.5
     revived = vq.codebook.detach()[1:]  # (7, 2): now copies of encoder outputs
     assert torch.cdist(revived, z, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values.max() == 0
-    assert torch.all(vq.code_usage >= 0.5)
+    assert torch.all(vq.code_usage >= 0.8)  # a revived code starts at the expected usage again
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_vq_dead_code_restart_leaves_a_healthy_codebook_alone_with_small_batches(batch):
+    # K = 1024 codes, N = batch * 8 * 8 <= 256 vectors per forward: most codes go unassigned in any one forward
+    # although every code is used equally often. A threshold counted in absolute assignments reset most of
+    # the codebook at the second forward; one relative to N / K must reset nothing.
+    torch.manual_seed(0)
+    K, D = 1024, 4
+    vq = _vq(torch.randn(K, D), dead_code_restart=True).train()
+    before = vq.codebook.detach().clone()
+    for _ in range(30):
+        idx = torch.randint(0, K, (batch * 64,))
+        z = before[idx] + 1e-3 * torch.randn(batch * 64, D)  # each vector next to a uniformly drawn code
+        vq(_to_map(z, batch, 8, 8))
+    changed = (vq.codebook.detach() != before).any(dim=1).sum().item()
+    assert changed == 0, f"{changed} of {K} codes of a healthy codebook were reset"
+
+
+def test_vq_dead_code_threshold_must_be_a_fraction():
+    with pytest.raises(ConfigError, match="dead_code_threshold"):
+        VectorQuantizer(8, 2, dead_code_threshold=1.5)
 
 
 def test_vq_ema_and_dead_code_restart_together():
     codes = torch.cat([torch.zeros(1, 2), torch.full((3, 2), 50.0)])
-    vq = _vq(codes, ema=True, dead_code_restart=True).train()
+    vq = _vq(codes, ema=True, dead_code_restart=True, usage_decay=0.1).train()
     z = torch.randn(32, 2)
-    for _ in range(3):
+    for _ in range(4):
         out = vq(_to_map(z, 1, 4, 8))
     assert out.log["usage"].item() == 1.0
     assert torch.all(vq.codebook.abs() < 10)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from latentgen.config import register_resolvers
 from latentgen.data import ImageDataModule, PatchesDataset, ShapesDataset
-from latentgen.data.datamodule import EpochShuffleSampler
+from latentgen.data.sampling import EpochShuffleSampler
 from latentgen.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.autoencoders.frozen import load_first_stage
@@ -118,6 +118,28 @@ def build_system(cfg: DictConfig, first_stage_ckpt: str | None = None, *, check_
     return build_latent_system(cfg, first_stage_ckpt, check_config=check_config)
 
 
+def upgrade_stored_config(stored: DictConfig) -> None:
+    """Bring the config of an autoencoder checkpoint written by an earlier latentgen to today's layout, in
+    place: the discriminator moved from ``model.loss.discriminator`` to ``model.discriminator`` (the weights'
+    keys are renamed by the system on load), and ``model.rescale_vq_latents``, read only at the end of
+    training, became ``autoencoder.regularizer.rescale_latents``. A VQ autoencoder trained with the KL loss
+    (possible before the loss followed the regularizer) is rebuilt with the VQ loss's ``learn_logvar=false``:
+    ``logvar`` is a parameter either way and its value comes from the checkpoint."""
+    model = stored.get("model")
+    if not isinstance(model, DictConfig) or not is_autoencoder_run(model):
+        return
+    with open_dict(model):
+        loss = model.get("loss")
+        if isinstance(loss, DictConfig) and "discriminator" in loss:
+            with open_dict(loss):
+                model.discriminator = loss.pop("discriminator")
+        model.pop("rescale_vq_latents", None)
+        regularizer = OmegaConf.select(model, "autoencoder.regularizer._target_")
+        wants = getattr(get_class(regularizer), "loss_learns_logvar", None) if regularizer else None
+        if isinstance(loss, DictConfig) and wants is not None and "learn_logvar" in loss:
+            loss.learn_logvar = wants
+
+
 def load_system_from_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | None = None):
     """Rebuild a system from a checkpoint's own config and load its weights (``weights_only=True``).
 
@@ -133,6 +155,7 @@ def load_system_from_checkpoint(path: str | os.PathLike, overrides: dict[str, An
     for node in SYSTEM_NODES:
         if node in stored:
             check_targets(stored[node], f"checkpoint '{path}': {node}")
+    upgrade_stored_config(stored)  # after the check: it resolves the (now admitted) system class
     system = build_system(stored, None, check_config=False)
     missing, unexpected = system.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:

@@ -40,10 +40,10 @@ from latentgen.app.run_checks import check_run_config
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.autoencoders.frozen import export_first_stage
 from latentgen.autoencoders.latent_stats import measure_latent_stats
-from latentgen.callbacks.resilience import PREEMPTED_EXIT_CODE
+from latentgen.callbacks.preemption import PREEMPTED_EXIT_CODE
 from latentgen.config import config_hash, hydra_choice, instantiate, to_container
 from latentgen.data.latent_cache import CachedLatentDataset, load_or_build_latent_cache
-from latentgen.errors import ConfigError
+from latentgen.errors import ConfigError, DataError
 from latentgen.files import exclusive_lock, write_json_rank_zero
 from latentgen.logging import finish_wandb_run, forget_wandb_run
 from latentgen.sweep.job import run_sweep_job
@@ -113,17 +113,33 @@ def train_first_stage(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
 
 def measure_latent_statistics(system: AutoencoderSystem, datamodule) -> None:
     """Stage 2: the latent scale (1/std) and shift on training batches, all-reduced across ranks, into the
-    autoencoder's buffers. Regularizers whose latents are not rescaled (VQ by default) keep scale 1."""
-    datamodule.setup("fit")
+    autoencoder's buffers when its regularizer rescales latents (``rescale_latents``: KL always, VQ only with
+    ``autoencoder.regularizer.rescale_latents=true``); otherwise the scale stays 1 and the log says so."""
     autoencoder = system.autoencoder
-    scale, shift = measure_latent_stats(
-        autoencoder,
-        (b["image"].to(system.device) for b in datamodule.train_dataloader()),
-        num_batches=system.latent_stats_batches,
-        rescale=autoencoder.regularizer.nll_reduction == "sum" or system.rescale_vq_latents,
-    )
-    autoencoder.set_latent_stats(scale, shift)
-    log.info("latent scale %.5f shift %.5f", float(scale), float(shift))
+    rescale = autoencoder.regularizer.rescale_latents
+
+    def measure(with_scale: bool) -> tuple[float, float]:
+        batches = (b["image"].to(system.device) for b in datamodule.train_dataloader())
+        return measure_latent_stats(autoencoder, batches, system.latent_stats_batches, rescale=with_scale)
+
+    try:
+        scale, shift = measure(True)  # also for latents that are not rescaled: the log reports their scale
+    except DataError:
+        if rescale:
+            raise
+        measure(False)  # no latents at all still fails; constant latents (std 0) just have no scale to report
+        scale, shift = float("nan"), 0.0
+    if rescale:
+        autoencoder.set_latent_stats(scale, shift)
+        log.info("latent scale %.5f shift %.5f (1/std of the latents, applied to the latents)", scale, shift)
+    else:
+        autoencoder.set_latent_stats(1.0, 0.0)
+        log.info(
+            "latent scale stays 1 (measured 1/std would be %.5f): %s latents are not rescaled; set "
+            "autoencoder.regularizer.rescale_latents=true to rescale them",
+            scale,
+            type(autoencoder.regularizer).__name__,
+        )
 
 
 def first_stage_for(cfg: DictConfig) -> str | None:

@@ -21,8 +21,12 @@ from latentgen.errors import CheckpointError, ConfigError
 from latentgen.files import atomic_write, atomic_write_json
 
 # Keys that may differ between the training run of the autoencoder and its use downstream
-# (the encoder is convolutional; `resolution` only places attention blocks by feature-map size).
-_IGNORED_KEYS = {"resolution"}
+# (the encoder is convolutional; `resolution` only places attention blocks by feature-map size; the VQ
+# codebook-restart settings act during training only and do not change a trained autoencoder).
+_IGNORED_KEYS = {"resolution", "dead_code_restart", "dead_code_threshold", "usage_decay"}
+# Keys added to the autoencoder configs after checkpoints were written, with the value those checkpoints
+# were trained with: a checkpoint without the key matches a request for that value.
+_ADDED_KEYS: dict[str, Any] = {"rescale_latents": False}
 
 
 def config_differences(expected: Any, found: Any, prefix: str = "autoencoder") -> list[str]:
@@ -33,6 +37,8 @@ def config_differences(expected: Any, found: Any, prefix: str = "autoencoder") -
             if key in _IGNORED_KEYS:
                 continue
             if key not in found:
+                if key in _ADDED_KEYS and expected[key] == _ADDED_KEYS[key]:
+                    continue
                 diffs.append(f"{prefix}.{key}: requested {expected[key]!r}, missing in the checkpoint")
             elif key not in expected:
                 diffs.append(f"{prefix}.{key}: not requested, checkpoint has {found[key]!r}")

@@ -22,6 +22,10 @@ D only there, so an untrained D suddenly pushes on G: the "reconstructions degra
 discriminator starts" reports (taming-transformers #44, #93). ``disc_train_start`` (< ``disc_start``)
 warms D up first; the default (None) keeps LDM's behaviour.
 
+The discriminator is not part of the loss: the system owns it (built from ``conf/discriminator/``, with its
+own optimizer) and hands it to :meth:`AutoencoderLoss.generator_loss` and
+:meth:`AutoencoderLoss.discriminator_loss`; without one (``discriminator=None``) the GAN terms are off.
+
 Numerics: all loss arithmetic is float32 with autocast disabled; D itself runs under the ambient
 autocast (like the autoencoder) and its logits are cast to float32.
 """
@@ -80,7 +84,6 @@ class AutoencoderLoss(nn.Module):
 
     Args:
         perceptual: a perceptual module, ``(x, x̂) -> (B,)`` (``LPIPS``, ``NoPerceptual``...).
-        discriminator: a PatchGAN (or any ``(B,C,H,W) -> logits``) or None: GAN terms off.
         l1_weight, l2_weight, perceptual_weight: weights of the per-pixel reconstruction terms.
         disc_weight: multiplies the adaptive weight (0.5 for KL, 0.75-0.8 for VQ in LDM/taming).
         disc_factor: the GAN factor once active (both the G term and the D loss are multiplied by it).
@@ -97,7 +100,6 @@ class AutoencoderLoss(nn.Module):
     def __init__(
         self,
         perceptual: nn.Module,
-        discriminator: nn.Module | None = None,
         *,
         l1_weight: float = 1.0,
         l2_weight: float = 0.0,
@@ -136,7 +138,6 @@ class AutoencoderLoss(nn.Module):
                 "discriminator would push on the generator. Use disc_train_start <= disc_start (or null)."
             )
         self.perceptual = perceptual
-        self.discriminator = discriminator
         self.l1_weight = float(l1_weight)
         self.l2_weight = float(l2_weight)
         self.perceptual_weight = float(perceptual_weight)
@@ -152,21 +153,14 @@ class AutoencoderLoss(nn.Module):
         self.logvar = nn.Parameter(torch.tensor(float(logvar_init)), requires_grad=self.learn_logvar)
 
     # ---------------------------------------------------------------------------------- schedule
-    @property
-    def has_discriminator(self) -> bool:
-        return self.discriminator is not None
-
     def disc_factor_at(self, batch_idx: int) -> float:
-        """Factor of the generator's GAN term at batch ``batch_idx``: 0 before ``disc_start``."""
-        if self.discriminator is None or batch_idx < self.disc_start:
-            return 0.0
-        return self.disc_factor
+        """Factor of the generator's GAN term at batch ``batch_idx`` (with a discriminator): 0 before
+        ``disc_start``."""
+        return 0.0 if batch_idx < self.disc_start else self.disc_factor
 
     def disc_train_factor_at(self, batch_idx: int) -> float:
         """Factor of the discriminator loss at batch ``batch_idx``: 0 before ``disc_train_start``."""
-        if self.discriminator is None or batch_idx < self.disc_train_start:
-            return 0.0
-        return self.disc_factor
+        return 0.0 if batch_idx < self.disc_train_start else self.disc_factor
 
     def disc_trains_at(self, batch_idx: int) -> bool:
         """Whether D's loss is non-zero at batch ``batch_idx`` (else the system may skip its step)."""
@@ -174,10 +168,7 @@ class AutoencoderLoss(nn.Module):
 
     def generator_parameters(self) -> Iterator[nn.Parameter]:
         """Trainable parameters of the loss that belong to the autoencoder's optimizer (``logvar``)."""
-        return (p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("discriminator."))
-
-    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
-        return iter(()) if self.discriminator is None else self.discriminator.parameters()
+        return (p for p in self.parameters() if p.requires_grad)
 
     # -------------------------------------------------------------------------------- generator
     def generator_loss(
@@ -190,6 +181,7 @@ class AutoencoderLoss(nn.Module):
         nll_reduction: str = "sum",
         last_layer: torch.Tensor | None = None,
         batch_idx: int,
+        discriminator: nn.Module | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Autoencoder loss (module doc) and its parts for logging (detached float32 scalars).
 
@@ -202,6 +194,7 @@ class AutoencoderLoss(nn.Module):
                 ``disc_weight`` (no adaptation) when it cannot be computed: ``last_layer`` is None, the
                 module is in eval mode (validation), grad mode is off, or the graph does not require grad.
             batch_idx: number of batches seen (not optimizer steps).
+            discriminator: the system's discriminator, ``(B,C,H,W) -> logits``; None: no GAN term.
 
         The GAN term backpropagates through D into ``recon``, but D's parameters are frozen during that
         forward, so ``generator_loss`` never writes gradients into D (and no D grads are computed).
@@ -225,10 +218,10 @@ class AutoencoderLoss(nn.Module):
             nll = _REDUCTIONS[nll_reduction](rec / torch.exp(logvar) + logvar)  # scalar
             reg = torch.as_tensor(reg_loss, device=device).float()
 
-        factor = self.disc_factor_at(batch_idx)
-        if factor > 0.0:
-            with _frozen(self.discriminator):
-                logits_fake = self.discriminator(recon).float()  # (B, 1, H', W'), grads flow to recon only
+        factor = 0.0 if discriminator is None else self.disc_factor_at(batch_idx)
+        if discriminator is not None and factor > 0.0:
+            with _frozen(discriminator):
+                logits_fake = discriminator(recon).float()  # (B, 1, H', W'), grads flow to recon only
             with torch.autocast(device_type=device.type, enabled=False):
                 g = -logits_fake.mean()
                 if self._can_adapt(nll, g, last_layer):
@@ -267,15 +260,16 @@ class AutoencoderLoss(nn.Module):
 
     # ---------------------------------------------------------------------------- discriminator
     def discriminator_loss(
-        self, inputs: torch.Tensor, recon: torch.Tensor, *, batch_idx: int
+        self, inputs: torch.Tensor, recon: torch.Tensor, *, discriminator: nn.Module, batch_idx: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """D loss on detached ``inputs`` (real) and ``recon`` (fake), times the D factor (0 before
-        ``disc_train_start``; D is still evaluated, so the loss always has a graph to backpropagate)."""
-        if self.discriminator is None:
-            raise RuntimeError("discriminator_loss called but this AutoencoderLoss has no discriminator")
+        """D loss of ``discriminator`` on detached ``inputs`` (real) and ``recon`` (fake), times the D factor
+        (0 before ``disc_train_start``; D is still evaluated, so the loss always has a graph to
+        backpropagate)."""
+        if discriminator is None:
+            raise RuntimeError("discriminator_loss needs a discriminator (the system has none: discriminator=none)")
         # Two calls (not one concatenated batch), so BatchNorm sees real and fake statistics separately.
-        logits_real = self.discriminator(inputs.detach()).float()  # (B, 1, H', W')
-        logits_fake = self.discriminator(recon.detach()).float()
+        logits_real = discriminator(inputs.detach()).float()  # (B, 1, H', W')
+        logits_fake = discriminator(recon.detach()).float()
         factor = self.disc_train_factor_at(batch_idx)
         with torch.autocast(device_type=inputs.device.type, enabled=False):
             loss = factor * self._d_loss_fn(logits_real, logits_fake)

@@ -6,8 +6,14 @@ All share one small interface (:class:`Regularizer`):
 - ``nll_reduction`` (class attribute): how the reconstruction NLL is reduced in the loss that pairs with
   this regularizer. KL: ``"sum"`` (sum over pixels / B, LDM); VQ, identity: ``"mean"`` (docs/first_stage.md).
   The published loss weights only make sense with these reductions.
+- ``loss_learns_logvar`` (class attribute): whether the loss that pairs with this regularizer learns the NLL's
+  log-variance (KL: True, ``ae_loss=default``; VQ: False, ``ae_loss=vq``; identity: None, either). The
+  first-stage system refuses a loss made for the other one.
 - ``weight`` (constructor kwarg): the weight of the regularizer's loss in the total
   (KL: ``kl_weight`` = 1e-6; VQ: ``codebook_weight`` = 1.0; identity: 0).
+- ``rescale_latents``: whether the latent scale (1/std) and shift are measured after first-stage training
+  and applied to what the second stage diffuses. KL: always (LDM's ``scale_factor``); VQ: the
+  ``rescale_latents`` option (off by default: LDM keeps VQ latents unscaled); identity: never.
 - ``forward(h) -> RegularizerOutput(z, loss, log)``: the training path; ``z`` goes to the decoder.
 - ``latent(h, sample=False, generator=None)``: what the second stage diffuses.
 - ``sample_latent(h, rng)``: the same, a posterior sample drawn from a step's
@@ -50,10 +56,16 @@ class Regularizer(nn.Module):
 
     moments_factor: ClassVar[int] = 1
     nll_reduction: ClassVar[str] = "mean"
+    loss_learns_logvar: ClassVar[bool | None] = None
 
     def __init__(self, weight: float = 0.0) -> None:
         super().__init__()
         self.weight = float(weight)
+
+    @property
+    def rescale_latents(self) -> bool:
+        """Whether the latent statistics are measured and applied after training (module docstring)."""
+        return False
 
     def forward(self, h: torch.Tensor) -> RegularizerOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -97,10 +109,16 @@ class KLRegularizer(Regularizer):
 
     moments_factor: ClassVar[int] = 2
     nll_reduction: ClassVar[str] = "sum"
+    loss_learns_logvar: ClassVar[bool | None] = True
 
     def __init__(self, weight: float = 1e-6, logvar_min: float = -30.0, logvar_max: float = 20.0) -> None:
         super().__init__(weight)
         self.logvar_min, self.logvar_max = float(logvar_min), float(logvar_max)
+
+    @property
+    def rescale_latents(self) -> bool:
+        """KL latents are always rescaled to unit variance (LDM Sec. 4.3.2's scale factor)."""
+        return True
 
     def moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h: (B, 2C, h, w) -> (mean, logvar), each (B, C, h, w) float32, logvar clamped."""
@@ -168,9 +186,17 @@ class VectorQuantizer(Regularizer):
         l2_normalize: cosine codes (Yu et al. 2022, ViT-VQGAN): z and the codes are l2-normalized along
             channels before the lookup, so the quantized vectors have unit norm.
         dead_code_restart: before each training forward, codes whose EMA of assignments per forward
-            (``code_usage``, decay ``usage_decay``) fell below ``dead_code_threshold`` are re-initialized
-            from random encoder outputs of the current batch. Under DDP the replacements are broadcast
-            from rank 0, so every rank gets the same codebook.
+            (``code_usage``, decay ``usage_decay``) fell below ``dead_code_threshold`` times the expected
+            assignments per code, ``N / K`` (N = B*h*w vectors per forward over all ranks), are
+            re-initialized from random encoder outputs of the current batch. The threshold is relative so
+            that it means the same for every batch size: with an absolute one, a batch with N < K leaves
+            most codes unassigned in any one forward and a healthy codebook would be reset wholesale. The
+            usage EMA starts at N / K for every code (no evidence yet), so a code is called dead only
+            after about ``log(dead_code_threshold) / log(usage_decay)`` forwards without assignment (229
+            with the defaults). Under DDP the replacements are broadcast from rank 0, so every rank gets
+            the same codebook.
+        rescale_latents: measure the latent scale (1/std) and shift after training and apply them to the
+            second stage's latents (off: LDM keeps VQ latents unscaled; their scale stays 1).
 
     ``latent(h)`` is the PRE-quantization h (l2-normalized when ``l2_normalize``): the second stage
     diffuses it and the quantizer is "absorbed into the decoder" (LDM App. G); ``decoder_input(z)``
@@ -183,6 +209,7 @@ class VectorQuantizer(Regularizer):
 
     moments_factor: ClassVar[int] = 1
     nll_reduction: ClassVar[str] = "mean"
+    loss_learns_logvar: ClassVar[bool | None] = False
 
     # Registered in __init__: the codebook (a buffer under EMA, else a parameter) and the usage statistics.
     codebook: torch.Tensor  # (K, D)
@@ -202,8 +229,9 @@ class VectorQuantizer(Regularizer):
         eps: float = 1e-5,
         l2_normalize: bool = False,
         dead_code_restart: bool = False,
-        dead_code_threshold: float = 1.0,
+        dead_code_threshold: float = 0.1,
         usage_decay: float = 0.99,
+        rescale_latents: bool = False,
     ) -> None:
         super().__init__(weight)
         if num_codes < 1 or code_dim < 1:
@@ -213,6 +241,12 @@ class VectorQuantizer(Regularizer):
         self.l2_normalize = bool(l2_normalize)
         self.dead_code_restart = bool(dead_code_restart)
         self.dead_code_threshold, self.usage_decay = float(dead_code_threshold), float(usage_decay)
+        if not 0.0 <= self.dead_code_threshold <= 1.0 or not 0.0 <= self.usage_decay < 1.0:
+            raise ConfigError(
+                f"autoencoder.regularizer: dead_code_threshold={dead_code_threshold} must be in [0, 1] (a "
+                f"fraction of the expected assignments per code) and usage_decay={usage_decay} in [0, 1)"
+            )
+        self._rescale_latents = bool(rescale_latents)
 
         if self.l2_normalize:
             init = F.normalize(torch.randn(num_codes, code_dim), dim=1)
@@ -227,6 +261,10 @@ class VectorQuantizer(Regularizer):
             self.codebook = nn.Parameter(init)  # (K, D)
         self.register_buffer("code_usage", torch.zeros(num_codes))  # (K,) EMA of assignments per training forward
         self.register_buffer("usage_steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def rescale_latents(self) -> bool:
+        return self._rescale_latents
 
     # ----------------------------------------------------------------------------------------- lookup
     def codes(self) -> torch.Tensor:
@@ -321,10 +359,10 @@ class VectorQuantizer(Regularizer):
 
     @torch.no_grad()
     def _update_usage(self, counts: torch.Tensor) -> None:
+        """EMA of the (all-reduced) assignments per code, (K,); it starts from the expected N / K."""
         if int(self.usage_steps) == 0:
-            self.code_usage.copy_(counts)
-        else:
-            self.code_usage.mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
+            self.code_usage.fill_(float(counts.sum()) / self.num_codes)
+        self.code_usage.mul_(self.usage_decay).add_(counts, alpha=1.0 - self.usage_decay)
         self.usage_steps += 1
 
     @torch.no_grad()
@@ -344,10 +382,13 @@ class VectorQuantizer(Regularizer):
 
     @torch.no_grad()
     def _restart_dead_codes(self, z: torch.Tensor) -> None:
-        """Re-initialize codes whose usage EMA is below the threshold from random rows of z (N, D)."""
+        """Re-initialize codes whose usage EMA is below ``dead_code_threshold * N / K`` from random rows of
+        z (N_rank, D)."""
         if int(self.usage_steps) == 0 or z.shape[0] == 0:
             return  # no usage measured yet
-        dead = self.code_usage < self.dead_code_threshold  # (K,) identical on every rank (all-reduced counts)
+        world = dist.get_world_size() if _dist_ready() else 1
+        expected = z.shape[0] * world / self.num_codes  # assignments per code per forward if used equally
+        dead = self.code_usage < self.dead_code_threshold * expected  # (K,) the same on every rank
         num_dead = int(dead.sum())
         if num_dead == 0:
             return
@@ -358,8 +399,8 @@ class VectorQuantizer(Regularizer):
         if self.ema:
             self.ema_embed_sum[dead] = new
             self.ema_cluster_size[dead] = 1.0
-        # A grace period: a revived code starts at least at the threshold.
-        self.code_usage[dead] = self.code_usage.mean().clamp_min(self.dead_code_threshold)
+        # A grace period: a revived code starts at the expected usage, like every code at the start.
+        self.code_usage[dead] = expected
 
     # --------------------------------------------------------------------------------- second stage
     def latent(self, h: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:

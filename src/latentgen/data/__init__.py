@@ -22,7 +22,9 @@ from latentgen.data.patches import PatchesDataset
 from latentgen.data.shapes import ATTRIBUTES, ShapesDataset
 
 if TYPE_CHECKING:
-    from latentgen.data.datamodule import EpochShuffleSampler, ImageDataModule
+    from latentgen.data.datamodule import ImageDataModule
+    from latentgen.data.resumable_loader import seed_worker
+    from latentgen.data.sampling import EpochShuffleSampler
 
 __all__ = [
     "ATTRIBUTES",
@@ -36,12 +38,17 @@ __all__ = [
     "ShapesDataset",
 ]
 
-_LAZY = {"ImageDataModule", "EpochShuffleSampler", "seed_worker"}
+# name -> the module that defines it
+_LAZY = {
+    "ImageDataModule": "latentgen.data.datamodule",
+    "EpochShuffleSampler": "latentgen.data.sampling",
+    "seed_worker": "latentgen.data.resumable_loader",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from latentgen.data import datamodule
+        import importlib
 
-        return getattr(datamodule, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'latentgen.data' has no attribute {name!r}")

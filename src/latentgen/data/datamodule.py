@@ -1,14 +1,13 @@
 """``ImageDataModule``: one LightningDataModule for every dataset, built from Hydra.
 
-The training order is a pure function of the seeds and the epoch. :class:`EpochShuffleSampler`
-draws a permutation from ``(seed, epoch)``; Lightning calls its ``set_epoch`` at every epoch start.
-The permutation is cut into global batches and each DDP rank takes a contiguous slice of every
-global batch (the sampler is a ``DistributedSampler``, so Lightning does not wrap it): a DDP run
-sees, step by step, the same global batches as a one-device run with the same global batch size.
-The train loader (:class:`ResumableDataLoader`) stores its position in checkpoints, so a resumed
-run continues mid-epoch with the next unseen batch. Random augmentations are a function of
-``(dataset seed, index, epoch)`` because the sampler yields ``(index, epoch)`` keys to datasets that
-accept them (``epoch_keys``).
+The training order is a pure function of the seeds and the epoch: the train loader is a
+:class:`~latentgen.data.resumable_loader.ResumableDataLoader` (its position travels in checkpoints, so a
+resumed run continues mid-epoch with the next unseen batch) over an
+:class:`~latentgen.data.sampling.EpochShuffleSampler` (a permutation drawn from ``(seed, epoch)``, cut into
+global batches, each DDP rank taking a contiguous slice of every global batch: a DDP run sees, step by step,
+the same global batches as a one-device run with the same global batch size). Random augmentations are a
+function of ``(dataset seed, index, epoch)`` because the sampler yields ``(index, epoch)`` keys to datasets
+that accept them (``epoch_keys``).
 Nothing depends on the global RNG, the number of workers or ``persistent_workers``: a resumed run
 sees the same data in every epoch as an uninterrupted one.
 """
@@ -16,161 +15,17 @@ sees the same data in every epoch as an uninterrupted one.
 from __future__ import annotations
 
 import functools
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from latentgen.data.resumable_loader import ResumableDataLoader, seed_worker
+from latentgen.data.sampling import EpochShuffleSampler, mix_seed, positive_int
 from latentgen.errors import ConfigError, DataError
-
-
-class EpochShuffleSampler(DistributedSampler):
-    """A permutation of ``range(n)`` drawn from ``seed`` and the epoch, cut into GLOBAL batches.
-
-    The permutation is the same for every world size. It is cut into global batches of
-    ``batch_size * num_replicas`` samples and rank ``r`` takes the ``r``-th contiguous slice of
-    ``batch_size`` samples of every global batch, so the ranks of one optimizer step together see
-    exactly the global batch a one-process run sees at that step (and in the same order).
-    With ``drop_last`` only whole global batches are used; without it the last, partial global batch
-    is padded (from the start of the permutation) to a multiple of ``num_replicas`` and split evenly.
-
-    ``start_batch`` skips the first global batches of the current epoch: how a resumed run continues
-    mid-epoch (:class:`ResumableDataLoader` sets it from the checkpoint). ``set_epoch`` to another
-    epoch resets it to 0.
-
-    Yields ``(index, epoch)`` when ``epoch_keys`` is true (see :mod:`latentgen.data.base`), else ints.
-    A ``DistributedSampler`` subclass on purpose: Lightning then uses it as it is under DDP instead of
-    wrapping it in a ``DistributedSamplerWrapper`` (which would re-shuffle and interleave the ranks).
-    """
-
-    def __init__(
-        self,
-        n: int,
-        seed: int,
-        epoch_keys: bool = False,
-        *,
-        num_replicas: int = 1,
-        rank: int = 0,
-        batch_size: int = 1,
-        drop_last: bool = False,
-    ) -> None:
-        super().__init__(range(int(n)), num_replicas=int(num_replicas), rank=int(rank), shuffle=False, seed=int(seed))
-        self.n, self.epoch_keys = int(n), bool(epoch_keys)
-        self.batch_size = _positive_int("batch_size", batch_size)  # per rank
-        self.drop_last = bool(drop_last)
-        self.start_batch = 0
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.num_replicas
-
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.start_batch = 0
-        self.epoch = int(epoch)
-
-    def _layout(self) -> tuple[int, int]:
-        """(number of whole global batches, per-rank size of the last partial one or 0)."""
-        full, rest = divmod(self.n, self.global_batch_size)
-        if self.drop_last or rest == 0:
-            return full, 0
-        return full, -(-rest // self.num_replicas)  # ceil: padded to a multiple of num_replicas
-
-    def batches_per_epoch(self) -> int:
-        full, partial = self._layout()
-        return full + (1 if partial else 0)
-
-    def __len__(self) -> int:
-        full, partial = self._layout()
-        return full * self.batch_size + partial  # per rank, whole epoch (also when resuming mid-epoch)
-
-    def __iter__(self) -> Iterator[Any]:
-        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
-        order = torch.randperm(self.n, generator=g).tolist()
-        full, partial = self._layout()
-        gb, b, r = self.global_batch_size, self.batch_size, self.rank
-        mine: list[int] = []
-        for k in range(self.start_batch, full):
-            mine += order[k * gb + r * b : k * gb + (r + 1) * b]
-        if partial and self.start_batch <= full:
-            tail = order[full * gb :]
-            tail += order[: partial * self.num_replicas - len(tail)]  # pad (num_replicas > 1 only)
-            mine += tail[r * partial : (r + 1) * partial]
-        if self.epoch_keys:
-            epoch = self.epoch
-            return iter([(i, epoch) for i in mine])
-        return iter(mine)
-
-
-class ResumableDataLoader(DataLoader):
-    """The training DataLoader: Lightning stores its position in checkpoints and restores it on resume.
-
-    Lightning calls ``state_dict()`` of a train loader that has one when it saves a checkpoint and
-    ``load_state_dict()`` before it iterates again, so ``ckpt_path=...`` continues mid-epoch with the
-    next unseen global batch instead of restarting the epoch. The position is counted in global
-    batches (the same on every rank) and stored with the global batch size, so a run can resume
-    with another number of devices.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._position = 0  # global batches of the current epoch already yielded
-
-    @property
-    def _resumable(self) -> bool:
-        # False when Lightning swapped the sampler (e.g. trainer.overfit_batches): a plain DataLoader then.
-        return isinstance(self.sampler, EpochShuffleSampler)
-
-    def __iter__(self) -> Iterator[Any]:
-        self._position = self.sampler.start_batch if self._resumable else 0
-        for batch in super().__iter__():
-            self._position += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        if not self._resumable:
-            return {}
-        s = self.sampler
-        return {"epoch": s.epoch, "samples": self._position * s.global_batch_size, "global_batch_size": s.global_batch_size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if not state or not self._resumable:
-            return
-        s = self.sampler
-        epoch, start = int(state["epoch"]), int(state["samples"]) // s.global_batch_size
-        if start >= s.batches_per_epoch():  # saved after the last batch of an epoch: continue with the next
-            epoch, start = epoch + 1, 0
-        s.set_epoch(epoch)
-        s.start_batch = start
-        self._position = start
-
-
-def _mix(*words: int) -> int:
-    """A 63-bit seed from integers (numpy SeedSequence: stable across machines and versions)."""
-    entropy = [int(w) & 0xFFFFFFFFFFFFFFFF for w in words]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1
-
-
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn``: seed ``random`` and numpy from the seed torch gave this worker.
-
-    torch seeds each worker with ``base_seed + worker_id`` and ``base_seed`` comes from the
-    DataLoader's seeded ``generator``; third-party transforms that use ``random``/numpy's global
-    RNG are thereby deterministic too. (latentgen's own datasets do not use global RNGs.)
-    """
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"ImageDataModule: {key}={value!r} must be a positive integer.")
-    return int(value)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -191,8 +46,8 @@ class ImageDataModule(L.LightningDataModule):
         root: the image folder of ``data=folder`` (kept at the top of the data node so that the
             CLI override is ``data.root=...``; the dataset node interpolates it). Informational here.
         cache_latents: for latent models, encode the training split once with the first stage and
-            train from the cached latents (``latentgen.run`` builds the cache and calls
-            :meth:`use_train_dataset`).
+            train from the cached latents (the training root, ``latentgen.app.training``, builds the cache
+            and calls :meth:`use_train_dataset`).
     """
 
     def __init__(
@@ -217,9 +72,9 @@ class ImageDataModule(L.LightningDataModule):
                 f"ImageDataModule: data.dataset must be a dataset factory (`_partial_: true`), got {type(dataset)}."
             )
         self.dataset_factory = dataset
-        self.batch_size = _positive_int("data.batch_size", batch_size)
+        self.batch_size = positive_int("data.batch_size", batch_size)
         self.val_batch_size = (
-            self.batch_size if val_batch_size is None else _positive_int("data.val_batch_size", val_batch_size)
+            self.batch_size if val_batch_size is None else positive_int("data.val_batch_size", val_batch_size)
         )
         if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
             raise ConfigError(f"ImageDataModule: data.num_workers={num_workers!r} must be an integer >= 0.")
@@ -353,7 +208,7 @@ class ImageDataModule(L.LightningDataModule):
             batch_size=self.per_rank_batch_size,
             sampler=sampler,
             drop_last=self.drop_last,
-            generator=torch.Generator().manual_seed(_mix(self.seed, rank, 1)),  # worker base seeds
+            generator=torch.Generator().manual_seed(mix_seed(self.seed, rank, 1)),  # worker base seeds
             **self._loader_kwargs(),
         )
 
@@ -367,7 +222,7 @@ class ImageDataModule(L.LightningDataModule):
             batch_size=self.per_rank_val_batch_size,
             shuffle=False,
             drop_last=False,
-            generator=torch.Generator().manual_seed(_mix(self.seed, rank, 2)),
+            generator=torch.Generator().manual_seed(mix_seed(self.seed, rank, 2)),
             **self._loader_kwargs(),
         )
 
@@ -395,7 +250,7 @@ class ImageDataModule(L.LightningDataModule):
         Always the same samples: meant for sample and reconstruction grids.
         """
         ds = self.dataset(split)
-        n = _positive_int("n", n)
+        n = positive_int("n", n)
         available = len(ds)  # type: ignore[arg-type]
         if n > available:
             raise ConfigError(

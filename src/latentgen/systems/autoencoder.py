@@ -1,7 +1,9 @@
 """The first-stage system: an autoencoder trained with L1 + LPIPS + PatchGAN (docs/first_stage.md).
 
-Manual optimization with two optimizers (Lightning 2): the autoencoder (and the loss's learned
-log-variance) and the discriminator. Only the autoencoder's optimizer is stepped through Lightning's
+The system owns three parts: the autoencoder, its loss (``AutoencoderLoss``: reconstruction, NLL,
+regulariser and GAN terms) and the discriminator (``conf/discriminator/``, or None: no GAN terms), which it
+hands to the loss. Manual optimization with two optimizers (Lightning 2): the autoencoder (and the loss's
+learned log-variance) and the discriminator. Only the autoencoder's optimizer is stepped through Lightning's
 wrapper, so ``global_step`` counts batches (``trainer.max_steps`` = number of batches) instead of
 advancing by 2 per batch; the discriminator schedule (``disc_start``) is counted in batches too.
 The discriminator's raw optimizer is stepped directly (its gradients are already all-reduced by DDP
@@ -15,11 +17,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.autoencoders.losses import AutoencoderLoss
+from latentgen.errors import ConfigError
 from latentgen.systems.common import check_finite, check_nonfinite_policy, finite_on_all_ranks, global_batch_size
 
 
@@ -30,26 +34,30 @@ class AutoencoderSystem(L.LightningModule):
         self,
         autoencoder: Autoencoder,
         loss: AutoencoderLoss,
+        discriminator: nn.Module | None = None,
         learning_rate: float = 2e-4,
         disc_learning_rate: float | None = None,
         scale_lr: bool = False,
         betas: tuple[float, float] = (0.5, 0.9),
         latent_stats_batches: int = 16,
-        rescale_vq_latents: bool = False,
         nonfinite: str = "raise",
     ) -> None:
-        """``nonfinite``: "raise" stops at a NaN/Inf loss (naming the step), "skip" skips that batch's
+        """``discriminator``: a PatchGAN (or any ``(B,C,H,W) -> logits`` module) or None (GAN terms off).
+        ``nonfinite``: "raise" stops at a NaN/Inf loss (naming the step), "skip" skips that batch's
         autoencoder and discriminator updates."""
         super().__init__()
+        check_loss_fits_regularizer(autoencoder, loss)
         self.automatic_optimization = False
         self.autoencoder = autoencoder
         self.loss = loss
+        self.discriminator = discriminator
+        # Checkpoints written before the system owned the discriminator hold it under `loss.discriminator.`.
+        self._register_load_state_dict_pre_hook(_rename_legacy_discriminator_keys)
         self.learning_rate = float(learning_rate)
         self.disc_learning_rate = float(disc_learning_rate if disc_learning_rate is not None else learning_rate)
         self.scale_lr = scale_lr
         self.betas = tuple(betas)
         self.latent_stats_batches = int(latent_stats_batches)
-        self.rescale_vq_latents = rescale_vq_latents
         self.nonfinite = check_nonfinite_policy(nonfinite)
         self.skipped_steps = 0
         # Validation metrics on images mapped to [0, 1]; reduced across DDP ranks by torchmetrics.
@@ -60,7 +68,7 @@ class AutoencoderSystem(L.LightningModule):
 
     @property
     def has_discriminator(self) -> bool:
-        return getattr(self.loss, "discriminator", None) is not None
+        return self.discriminator is not None
 
     # ------------------------------------------------------------------ optimization
     def effective_learning_rates(self) -> tuple[float, float]:
@@ -73,10 +81,10 @@ class AutoencoderSystem(L.LightningModule):
     def configure_optimizers(self):
         lr, d_lr = self.effective_learning_rates()
         ae_params = [p for p in self.autoencoder.parameters() if p.requires_grad]
-        ae_params += [p for n, p in self.loss.named_parameters() if p.requires_grad and not n.startswith("discriminator.")]
+        ae_params += list(self.loss.generator_parameters())
         opts = [torch.optim.Adam(ae_params, lr=lr, betas=self.betas)]
-        if self.has_discriminator:
-            opts.append(torch.optim.Adam(self.loss.discriminator.parameters(), lr=d_lr, betas=self.betas))
+        if self.discriminator is not None:
+            opts.append(torch.optim.Adam(self.discriminator.parameters(), lr=d_lr, betas=self.betas))
         return opts
 
     def on_train_start(self) -> None:
@@ -102,6 +110,7 @@ class AutoencoderSystem(L.LightningModule):
             nll_reduction=reg.nll_reduction,
             last_layer=self.autoencoder.last_layer,
             batch_idx=step,
+            discriminator=self.discriminator,
         )
         if not self._finite(g_loss, "autoencoder loss", step, batch_idx):
             return
@@ -111,8 +120,10 @@ class AutoencoderSystem(L.LightningModule):
         logs = {f"train/{k}": v for k, v in g_log.items()}
         logs.update({f"train/{k}": v for k, v in out.log.items()})
 
-        if self.has_discriminator and self.loss.disc_trains_at(step):
-            d_loss, d_log = self.loss.discriminator_loss(x, out.recon.detach(), batch_idx=step)
+        if self.discriminator is not None and self.loss.disc_trains_at(step):
+            d_loss, d_log = self.loss.discriminator_loss(
+                x, out.recon.detach(), discriminator=self.discriminator, batch_idx=step
+            )
             if not self._finite(d_loss, "discriminator loss", step, batch_idx):
                 return
             opts[1].zero_grad(set_to_none=True)
@@ -166,3 +177,32 @@ class AutoencoderSystem(L.LightningModule):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Deterministic reconstruction (KL: posterior mean; VQ: quantized), clamped to [-1, 1]."""
         return self.autoencoder.decode(self.autoencoder.encode(x)).clamp(-1, 1)
+
+
+def check_loss_fits_regularizer(autoencoder: Autoencoder, loss: AutoencoderLoss) -> None:
+    """Refuse a loss made for the other regularizer: the KL loss learns the NLL's log-variance (LDM), the VQ
+    loss keeps it fixed (taming). ``autoencoder=vq_*`` selects ``ae_loss=vq`` itself; an explicit
+    ``ae_loss=default`` beside it (or ``ae_loss=vq`` beside a KL autoencoder) ends here."""
+    regularizer = autoencoder.regularizer
+    wants = regularizer.loss_learns_logvar
+    if wants is None or bool(loss.learn_logvar) == wants:
+        return
+    name = type(regularizer).__name__
+    if wants:
+        raise ConfigError(
+            f"the autoencoder's {name} pairs with the KL loss, whose NLL log-variance is learned (ae_loss=default), "
+            "but ae_loss.learn_logvar=false (the VQ loss, ae_loss=vq). Use ae_loss=default with a kl_* autoencoder."
+        )
+    raise ConfigError(
+        f"the autoencoder's {name} pairs with the VQ loss (fixed log-variance, ae_loss=vq), but "
+        "ae_loss.learn_logvar=true (the KL loss, ae_loss=default). Drop the ae_loss override: vq_* autoencoders "
+        "select ae_loss=vq."
+    )
+
+
+def _rename_legacy_discriminator_keys(state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """A load_state_dict pre-hook: ``loss.discriminator.*`` (checkpoints written while the loss held the
+    discriminator) -> ``discriminator.*``."""
+    old = prefix + "loss.discriminator."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "discriminator." + key[len(old) :]] = state_dict.pop(key)

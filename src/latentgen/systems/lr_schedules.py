@@ -19,7 +19,3 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, fin
 
     return LambdaLR(optimizer, factor)
 
-
-def warmup_constant(optimizer: Optimizer, warmup_steps: int, **_: object) -> LambdaLR:
-    """Linear warm-up over ``warmup_steps``, then constant."""
-    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
