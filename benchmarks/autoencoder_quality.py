@@ -110,7 +110,9 @@ def main() -> None:
     print(header)
     for r in rows:
         lp = "-" if r["lpips"] is None else f"{r['lpips']:.4f}"
-        print(f"{r['autoencoder']:<12} {r['data']:<8} {r['psnr']:7.2f} {r['ssim']:6.3f} {lp:>7} {r['train_images_per_s']:7.1f} {r['wall_s']:7.1f}")
+        print(
+            f"{r['autoencoder']:<12} {r['data']:<8} {r['psnr']:7.2f} {r['ssim']:6.3f} {lp:>7} {r['train_images_per_s']:7.1f} {r['wall_s']:7.1f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
 

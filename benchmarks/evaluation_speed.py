@@ -44,7 +44,9 @@ def extract(args) -> dict:
     # The peer: torch-fidelity's FeatureExtractorInceptionV3 itself, holding the same weights.
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    peer = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=_state_file(ours, args.tmp))
+    peer = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=_state_file(ours, args.tmp)
+    )
     peer.eval()
 
     def ours_bf16(x):
@@ -77,12 +79,20 @@ def extract(args) -> dict:
                 wall[name] += w1 - w0
                 cpu[name] += c1 - c0
     n = len(batches) * args.batch_size
-    rows = [{"extractor": k, "images": n, "img_per_s_wall": n / wall[k], "img_per_s_cpu": n / cpu[k]} for k in candidates]
+    rows = [
+        {"extractor": k, "images": n, "img_per_s_wall": n / wall[k], "img_per_s_cpu": n / cpu[k]} for k in candidates
+    ]
     print(f"{'extractor':<62} {'img/s wall':>10} {'img/s CPU':>10}")
     for r in rows:
         print(f"{r['extractor']:<62} {r['img_per_s_wall']:10.2f} {r['img_per_s_cpu']:10.2f}")
     print(f"max |features ours - torch-fidelity| = {diff:.2e}; bf16 vs fp32: {bf16_diff:.2e} of the largest feature")
-    return {"rows": rows, "max_feature_difference": diff, "bf16_relative_difference": bf16_diff, "batch_size": args.batch_size, "resolution": args.resolution}
+    return {
+        "rows": rows,
+        "max_feature_difference": diff,
+        "bf16_relative_difference": bf16_diff,
+        "batch_size": args.batch_size,
+        "resolution": args.resolution,
+    }
 
 
 def _state_file(ours, tmp: str) -> str:

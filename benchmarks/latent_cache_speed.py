@@ -44,8 +44,15 @@ def main() -> None:
     from tests.helpers import compose_config
 
     torch.set_num_threads(args.threads)
-    cfg = compose_config([f"autoencoder={args.autoencoder}", f"denoiser={args.denoiser}", f"data={args.data}",
-                          f"data.resolution={args.resolution}", f"data.batch_size={args.batch_size}"])
+    cfg = compose_config(
+        [
+            f"autoencoder={args.autoencoder}",
+            f"denoiser={args.denoiser}",
+            f"data={args.data}",
+            f"data.resolution={args.resolution}",
+            f"data.batch_size={args.batch_size}",
+        ]
+    )
     # An untrained first stage costs the same to run as a trained one.
     system = build_latent_system(cfg, None, check_config=False)
     system.train()
@@ -76,9 +83,17 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
     rows = {k: sum(v) / len(v) for k, v in times.items()}
     result = {
-        "autoencoder": args.autoencoder, "denoiser": args.denoiser, "data": args.data, "resolution": args.resolution,
-        "batch_size": args.batch_size, "threads": args.threads, "cache_build_s": build_s, "num_cached": len(cached),
-        "step_s_images": rows["images"], "step_s_cached": rows["cached"], "speedup": rows["images"] / rows["cached"],
+        "autoencoder": args.autoencoder,
+        "denoiser": args.denoiser,
+        "data": args.data,
+        "resolution": args.resolution,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "cache_build_s": build_s,
+        "num_cached": len(cached),
+        "step_s_images": rows["images"],
+        "step_s_cached": rows["cached"],
+        "speedup": rows["images"] / rows["cached"],
     }
     print(f"{'variant':<10} {'s/step':>8} {'img/s':>8}")
     for name in ("images", "cached"):

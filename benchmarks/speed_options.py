@@ -52,9 +52,13 @@ def build_unet(input_kind: str, channels_last: bool):
     """(denoiser, objective, input shape) from the real configs."""
     from latentgen.config import instantiate
 
-    ae = {"pix3x32": ["autoencoder=identity", "data=shapes", "data.resolution=32"],
-          "lat4x8": ["autoencoder=kl_f8", "data=shapes", "data.resolution=64"]}[input_kind]
-    cfg = compose([*ae, "denoiser=unet_mid", "objective=ddpm_eps", f"denoiser.channels_last={str(channels_last).lower()}"])
+    ae = {
+        "pix3x32": ["autoencoder=identity", "data=shapes", "data.resolution=32"],
+        "lat4x8": ["autoencoder=kl_f8", "data=shapes", "data.resolution=64"],
+    }[input_kind]
+    cfg = compose(
+        [*ae, "denoiser=unet_mid", "objective=ddpm_eps", f"denoiser.channels_last={str(channels_last).lower()}"]
+    )
     torch.manual_seed(0)
     denoiser = instantiate(cfg.denoiser)
     objective = instantiate(cfg.objective)
@@ -167,8 +171,13 @@ def ddp_images_per_s(input_kind: str, batch: int, iters: int, rounds: int, world
     ctx = mp.get_context("spawn")
     q = ctx.SimpleQueue()
     port = 29500 + (os.getpid() % 1000)
-    mp.start_processes(_ddp_worker, args=(world, input_kind, batch, iters, rounds, port, q), nprocs=world,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _ddp_worker,
+        args=(world, input_kind, batch, iters, rounds, port, q),
+        nprocs=world,
+        start_method="spawn",
+        join=True,
+    )
     return float(q.get())
 
 
@@ -206,26 +215,60 @@ def main() -> None:
                 print(f"torch.compile failed for unet_mid {kind}: {type(e).__name__}: {str(e)[:200]}")
         res = interleaved(steps, b, rounds, iters, warmup)
         for name, ips in res.items():
-            rows.append({"model": f"unet_mid {kind}", "batch": b, "variant": name, "images_per_s": ips,
-                         "speedup": ips / res["fp32"], **({"cold_compile_s": compile_s} if name.startswith("compile") else {})})
+            rows.append(
+                {
+                    "model": f"unet_mid {kind}",
+                    "batch": b,
+                    "variant": name,
+                    "images_per_s": ips,
+                    "speedup": ips / res["fp32"],
+                    **({"cold_compile_s": compile_s} if name.startswith("compile") else {}),
+                }
+            )
     for ae in ("kl_f4_tiny", "kl_f4"):
         b = BATCH[ae]
         steps = {name: ae_step_fn(ae, b, **kw) for name, kw in variants.items()}
         res = interleaved(steps, b, rounds, iters, warmup)
         for name, ips in res.items():
-            rows.append({"model": f"autoencoder {ae} 3x32x32", "batch": b, "variant": name, "images_per_s": ips, "speedup": ips / res["fp32"]})
+            rows.append(
+                {
+                    "model": f"autoencoder {ae} 3x32x32",
+                    "batch": b,
+                    "variant": name,
+                    "images_per_s": ips,
+                    "speedup": ips / res["fp32"],
+                }
+            )
     if not args.no_ddp:
         for kind in ("lat4x8", "pix3x32"):
             b = BATCH[kind]
             one = ddp_images_per_s(kind, b, iters, rounds, world=1)
             two = ddp_images_per_s(kind, b, iters, rounds, world=2)
-            rows.append({"model": f"unet_mid {kind}", "batch": b, "variant": "DDP 1 process (gloo)", "images_per_s": one, "speedup": 1.0})
-            rows.append({"model": f"unet_mid {kind}", "batch": b, "variant": "DDP 2 processes (gloo)", "images_per_s": two, "speedup": two / one})
+            rows.append(
+                {
+                    "model": f"unet_mid {kind}",
+                    "batch": b,
+                    "variant": "DDP 1 process (gloo)",
+                    "images_per_s": one,
+                    "speedup": 1.0,
+                }
+            )
+            rows.append(
+                {
+                    "model": f"unet_mid {kind}",
+                    "batch": b,
+                    "variant": "DDP 2 processes (gloo)",
+                    "images_per_s": two,
+                    "speedup": two / one,
+                }
+            )
 
     print(f"\n{'model':<34} {'batch':>5} {'variant':<28} {'img/s':>8} {'x base':>7}")
     for r in rows:
         extra = f"  (cold compile {r['cold_compile_s']:.0f} s)" if r.get("cold_compile_s") else ""
-        print(f"{r['model']:<34} {r['batch']:>5} {r['variant']:<28} {r['images_per_s']:>8.1f} {r['speedup']:>7.2f}{extra}")
+        print(
+            f"{r['model']:<34} {r['batch']:>5} {r['variant']:<28} {r['images_per_s']:>8.1f} {r['speedup']:>7.2f}{extra}"
+        )
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": platform.processor() or platform.machine(),

@@ -169,9 +169,7 @@ def interleave(
             dt = timed(r.train_step if mode == "train" else r.sample_step, autocast)
             if i >= warmup:
                 times[r.impl].append(dt)
-    return {
-        k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()
-    }
+    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
 
 
 def machine() -> dict:
@@ -212,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warmup, iters = (1, 3) if args.quick else (1, 4)
-    settings = [(False, False), (True, False)] if args.quick else [(False, False), (False, True), (True, False), (True, True)]
+    settings = (
+        [(False, False), (True, False)] if args.quick else [(False, False), (False, True), (True, False), (True, True)]
+    )
     info = {**machine(), "fused_adamw": args.fused_adamw, "quick": args.quick}
     print(f"# {info}", flush=True)
     results = []

@@ -89,13 +89,9 @@ _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_S
 def cli_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The environment for a ``train.py`` subprocess: offline W&B, one thread, no inherited launch state."""
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _LAUNCH_ENV and not k.startswith(("SLURM_", "PMI_", "OMPI_"))
+        k: v for k, v in os.environ.items() if k not in _LAUNCH_ENV and not k.startswith(("SLURM_", "PMI_", "OMPI_"))
     }
-    env.update(
-        WANDB_MODE="offline", OMP_NUM_THREADS="1", LATENTGEN_ROOT=str(tmp), HF_HUB_OFFLINE="1", **extra
-    )
+    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", LATENTGEN_ROOT=str(tmp), HF_HUB_OFFLINE="1", **extra)
     return env
 
 
@@ -118,9 +114,7 @@ def make_first_stage_export(out_dir: Path, overrides: list[str], scale: float = 
     torch.manual_seed(0)
     autoencoder = instantiate(cfg.autoencoder)
     autoencoder.set_latent_stats(scale, 0.0)
-    return export_first_stage(
-        autoencoder, to_container(cfg.autoencoder), Path(out_dir) / "autoencoder.safetensors"
-    )
+    return export_first_stage(autoencoder, to_container(cfg.autoencoder), Path(out_dir) / "autoencoder.safetensors")
 
 
 class Throttle(L.Callback):

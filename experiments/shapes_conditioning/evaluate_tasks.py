@@ -123,8 +123,12 @@ def text2img(args) -> None:
     clf = load_attribute_classifier(args.classifier)
     real = val_batch(stored, args.n)
     prompts = list(real["caption"])
-    results: dict = {"n": len(prompts), "steps": args.steps, "classifier_val_accuracy": clf.meta["val_accuracy"],
-                     "sampler": sampler_name(system)}
+    results: dict = {
+        "n": len(prompts),
+        "steps": args.steps,
+        "classifier_val_accuracy": clf.meta["val_accuracy"],
+        "sampler": sampler_name(system),
+    }
     # references: real val images with their own captions (classifier ceiling), through the autoencoder,
     # and with the captions shuffled (chance for this prompt distribution)
     results["real_images"] = attribute_alignment(clf, real["image"], prompts)

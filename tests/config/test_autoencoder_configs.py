@@ -40,7 +40,11 @@ def _cfg(name: str, resolution: int = 32, channels: int = 3, overrides: tuple[st
     # +ae_loss before +autoencoder: a vq_* config overrides ae_loss (its loss), which must be in the list first.
     cfg = compose(
         overrides=[
-            "+perceptual=none", "+ae_loss=default", f"+autoencoder={name}", f"+data.resolution={resolution}", f"+data.channels={channels}",
+            "+perceptual=none",
+            "+ae_loss=default",
+            f"+autoencoder={name}",
+            f"+data.resolution={resolution}",
+            f"+data.channels={channels}",
             *overrides,
         ]
     )

@@ -40,8 +40,16 @@ def compose_with_hydra():
 
 
 def test_slurm_launcher_and_trainer_compose(compose_with_hydra):
-    cfg = compose_with_hydra(["hydra/launcher=slurm", "trainer=slurm", "trainer.num_nodes=2", "trainer.devices=4",
-                              "hydra.launcher.partition=gpu", "ckpt_path=auto"])
+    cfg = compose_with_hydra(
+        [
+            "hydra/launcher=slurm",
+            "trainer=slurm",
+            "trainer.num_nodes=2",
+            "trainer.devices=4",
+            "hydra.launcher.partition=gpu",
+            "ckpt_path=auto",
+        ]
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.nodes == 2 and launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4
@@ -102,7 +110,9 @@ def test_slurm_job_named_bash_is_an_interactive_session(monkeypatch):
     assert not SLURMEnvironment.detect()
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_stage_2", {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}])
+@pytest.mark.parametrize(
+    "strategy", ["fsdp", "deepspeed_stage_2", {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}]
+)
 def test_sharded_strategies_are_refused_before_training(strategy):
     """trainer=fsdp has never run with latentgen's systems (EMA sharded like the live model, grids on rank 0
     outside any collective): the root refuses it with an explanation instead of advertising it."""

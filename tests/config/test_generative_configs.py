@@ -37,8 +37,14 @@ def _compose(group: str, name: str):
 
 def test_expected_configs_exist():
     assert set(OBJECTIVES) >= {
-        "ddpm_eps", "ddpm_v", "ddpm_x0", "ddpm_eps_learned_var", "ddpm_v_ztsnr", "ddpm_eps_minsnr",
-        "rectified_flow", "rectified_flow_uniform",
+        "ddpm_eps",
+        "ddpm_v",
+        "ddpm_x0",
+        "ddpm_eps_learned_var",
+        "ddpm_v_ztsnr",
+        "ddpm_eps_minsnr",
+        "rectified_flow",
+        "rectified_flow_uniform",
     }
     assert set(SAMPLERS) >= {"ddpm", "ddim", "euler", "heun", "dopri5", "dpmpp_2m"}
 

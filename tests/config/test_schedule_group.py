@@ -17,7 +17,14 @@ OBJECTIVES = group_options("objective")
 
 
 def test_the_schedules_of_schedules_py_are_options():
-    assert set(SCHEDULES) >= {"scaled_linear", "scaled_linear_ztsnr", "linear", "cosine", "rectified_flow", "cosine_path"}
+    assert set(SCHEDULES) >= {
+        "scaled_linear",
+        "scaled_linear_ztsnr",
+        "linear",
+        "cosine",
+        "rectified_flow",
+        "cosine_path",
+    }
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)
@@ -42,8 +49,9 @@ def test_every_schedule_composes_with_every_objective(schedule, objective):
         assert obj.time_sampler.num_timesteps == obj.schedule.num_timesteps
     x0 = torch.randn(2, 2, 4, 4)
     out_c = 4 if obj.learn_variance else 2
-    loss, _ = obj.loss(lambda x, t: torch.zeros(x.shape[0], out_c, *x.shape[2:]), x0,
-                       generator=torch.Generator().manual_seed(0))
+    loss, _ = obj.loss(
+        lambda x, t: torch.zeros(x.shape[0], out_c, *x.shape[2:]), x0, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.isfinite(loss)
 
 

@@ -24,12 +24,7 @@ def test_a_checkpoint_whose_config_writes_a_file_does_nothing_through_evaluate_p
     }
     path = tmp_path / "crafted.ckpt"
     atomic_torch_save({CONFIG_KEY: config, KIND_KEY: "autoencoder", "state_dict": {}}, path)
-    out = run_cli(
-        ["evaluate.py", f"ckpt={path}", f"hydra.run.dir={tmp_path / 'eval'}", "logger=none"], tmp_path
-    )
+    out = run_cli(["evaluate.py", f"ckpt={path}", f"hydra.run.dir={tmp_path / 'eval'}", "logger=none"], tmp_path)
     assert out.returncode != 0
-    assert (
-        "model.autoencoder._target_ = 'latentgen.files.atomic_write_json' is refused"
-        in out.stderr + out.stdout
-    )
+    assert "model.autoencoder._target_ = 'latentgen.files.atomic_write_json' is refused" in out.stderr + out.stdout
     assert not marker.exists()

@@ -18,8 +18,19 @@ def test_help_lists_config_groups(tmp_path):
 
 def test_train_autoencoder_cli_writes_the_run_dir(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(["train.py", "model=autoencoder", "autoencoder=vq_f4_tiny", "data=shapes", "trainer.max_steps=3",
-                    "trainer.val_check_interval=3", *TINY, f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = run_cli(
+        [
+            "train.py",
+            "model=autoencoder",
+            "autoencoder=vq_f4_tiny",
+            "data=shapes",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            *TINY,
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -30,8 +41,21 @@ def test_train_autoencoder_cli_writes_the_run_dir(tmp_path):
 
 
 def test_multirun_gives_each_job_its_own_dir(tmp_path):
-    proc = run_cli(["train.py", "-m", "model=autoencoder", "autoencoder=kl_f4_tiny,vq_f4_tiny", "data=digits", "logger=csv",
-                    "trainer.max_steps=2", "trainer.val_check_interval=2", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    proc = run_cli(
+        [
+            "train.py",
+            "-m",
+            "model=autoencoder",
+            "autoencoder=kl_f4_tiny,vq_f4_tiny",
+            "data=digits",
+            "logger=csv",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            *TINY,
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0
     jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
     assert [j.name for j in jobs] == ["0", "1"]

@@ -59,8 +59,14 @@ THROTTLE = ["+callbacks.throttle._target_=tests.helpers.Throttle"]
 
 
 def _start(args: list[str], tmp: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=cli_env(tmp, **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=cli_env(tmp, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
@@ -74,7 +80,9 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
     end = time.time() + timeout
     while not ready():
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended (rc={proc.returncode}) before the signal:\n{proc.stdout.read()[-6000:]}")
+            raise AssertionError(
+                f"the run ended (rc={proc.returncode}) before the signal:\n{proc.stdout.read()[-6000:]}"
+            )
         if time.time() > end:
             proc.kill()
             raise AssertionError("timed out waiting for the run")
@@ -93,7 +101,9 @@ def _ckpt_step(path: Path) -> int:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    export = make_first_stage_export(tmp / "first_stage", ["data=shapes", "data.resolution=16", "autoencoder=kl_f4_tiny"])
+    export = make_first_stage_export(
+        tmp / "first_stage", ["data=shapes", "data.resolution=16", "autoencoder=kl_f4_tiny"]
+    )
     overrides = [*LATENT, f"first_stage.ckpt={export}"]
     ref = tmp / "reference"
     train(compose_config([*overrides, "logger=none"], output_dir=str(ref)))
@@ -122,8 +132,17 @@ def interrupted(setup):
     term_ckpt_step = _ckpt_step(last)
 
     final_rc, final_out = _finish(_start([*args, "ckpt_path=last"], tmp))
-    return dict(run=run, killed_rc=killed_rc, killed_at=killed_at, term_rc=term_rc, term_out=term_out,
-                rows_after_term=rows_after_term, term_ckpt_step=term_ckpt_step, final_rc=final_rc, final_out=final_out)
+    return dict(
+        run=run,
+        killed_rc=killed_rc,
+        killed_at=killed_at,
+        term_rc=term_rc,
+        term_out=term_out,
+        rows_after_term=rows_after_term,
+        term_ckpt_step=term_ckpt_step,
+        final_rc=final_rc,
+        final_out=final_out,
+    )
 
 
 def test_kill_and_sigterm_then_resume_reproduce_the_uninterrupted_run(setup, interrupted):
@@ -161,9 +180,13 @@ def test_kill_and_sigterm_then_resume_reproduce_the_uninterrupted_run(setup, int
 def ddp_run(setup):
     tmp, overrides, _ = setup
     run = tmp / "ddp"
-    args = [*overrides, "trainer=ddp_cpu", "logger=wandb",
-            "+callbacks.rank_check._target_=latentgen.callbacks.rank_check.RankConsistencyCheck",
-            f"hydra.run.dir={run}"]
+    args = [
+        *overrides,
+        "trainer=ddp_cpu",
+        "logger=wandb",
+        "+callbacks.rank_check._target_=latentgen.callbacks.rank_check.RankConsistencyCheck",
+        f"hydra.run.dir={run}",
+    ]
     rc, out = _finish(_start(args, tmp, WANDB_API_KEY=SECRET), timeout=400)
     return run, rc, out
 

@@ -36,8 +36,9 @@ TINY_SWEEP = [
 
 
 def _sweep(sweep_dir: Path, root: Path, *extra: str):
-    return run_cli(["train.py", "-m", "experiment=f_sweep", *extra, *TINY_SWEEP, f"hydra.sweep.dir={sweep_dir}"], root,
-                   timeout=400)
+    return run_cli(
+        ["train.py", "-m", "experiment=f_sweep", *extra, *TINY_SWEEP, f"hydra.sweep.dir={sweep_dir}"], root, timeout=400
+    )
 
 
 def _record(job: Path) -> dict:

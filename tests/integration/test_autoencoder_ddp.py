@@ -44,9 +44,7 @@ def _latent_stats_worker(rank: int, world: int, port: int, out_dir: str) -> None
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        scale, shift = measure_latent_stats(
-            _identity_ae(), _batches(10 + rank, loc=4.0 * rank), 3, center=True
-        )
+        scale, shift = measure_latent_stats(_identity_ae(), _batches(10 + rank, loc=4.0 * rank), 3, center=True)
         torch.save(torch.tensor([scale, shift], dtype=torch.float64), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -84,9 +82,7 @@ def _vq_ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_vq_ema_and_restart_stay_identical_across_two_gloo_ranks(tmp_path):
-    mp.start_processes(
-        _vq_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
-    )
+    mp.start_processes(_vq_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     s0, s1 = (torch.load(tmp_path / f"vq{r}.pt", weights_only=True) for r in range(2))
     for key in s0:
         assert torch.equal(s0[key], s1[key]), key

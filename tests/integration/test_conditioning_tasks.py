@@ -60,14 +60,30 @@ def test_text_to_image_trains_and_samples_from_prompts(tmp_path, first_stage_cac
 
     # evaluate.py ckpt=... prompt=... num_samples=... guidance.scale=... attribute_classifier=...
     small = {"num_train": 64, "num_val": 32}
-    clf, meta = train_attribute_classifier(ShapesDataset(split="train", **small), ShapesDataset(split="val", **small),
-                                           epochs=1, batch_size=32, width=8, hidden=16)
+    clf, meta = train_attribute_classifier(
+        ShapesDataset(split="train", **small),
+        ShapesDataset(split="val", **small),
+        epochs=1,
+        batch_size=32,
+        width=8,
+        hidden=16,
+    )
     clf_path, _ = save_attribute_classifier(clf, meta, tmp_path / "clf" / "shapes_attributes")
     prompts = "prompt=[a large blue square at the bottom right,a small red circle at the center]"
     ev_dir = tmp_path / "eval"
-    cfg = compose_config([f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}", "logger=none", prompts, "num_samples=3",
-                          "batch_size=4", "guidance.scale=4", f"attribute_classifier={clf_path}"],
-                         config_name="evaluate", output_dir=str(ev_dir))
+    cfg = compose_config(
+        [
+            f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}",
+            "logger=none",
+            prompts,
+            "num_samples=3",
+            "batch_size=4",
+            "guidance.scale=4",
+            f"attribute_classifier={clf_path}",
+        ],
+        config_name="evaluate",
+        output_dir=str(ev_dir),
+    )
     record = run_evaluation(cfg)
     saved = json.loads((ev_dir / "metrics.json").read_text())
     assert saved["prompts"] == ["a large blue square at the bottom right", "a small red circle at the center"]
@@ -85,8 +101,11 @@ def test_inpainting_trains_and_its_grid_shows_input_output_pairs(tmp_path, first
     system, _ = load_system_from_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
     with pytest.raises(ConfigError, match="text-conditioned"):
         check_prompt_supported(system.conditioner)
-    cfg = compose_config([f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}", "logger=none", "prompt=a red circle"],
-                         config_name="evaluate", output_dir=str(tmp_path / "eval"))
+    cfg = compose_config(
+        [f"ckpt={tmp_path / 'checkpoints' / 'last.ckpt'}", "logger=none", "prompt=a red circle"],
+        config_name="evaluate",
+        output_dir=str(tmp_path / "eval"),
+    )
     with pytest.raises(ConfigError, match="text-conditioned"):
         run_evaluation(cfg)
     # the EMA copy of the reloaded system still shares the first stage

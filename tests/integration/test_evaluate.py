@@ -23,15 +23,25 @@ def digits_classifier(tmp_path_factory):
 
 
 def _eval_cfg(tmp_path, ckpt, *extra):
-    return compose_config([f"ckpt={ckpt}", "logger=none", "num_samples=24", "batch_size=8", *extra],
-                          config_name="evaluate", output_dir=str(tmp_path))
+    return compose_config(
+        [f"ckpt={ckpt}", "logger=none", "num_samples=24", "batch_size=8", *extra],
+        config_name="evaluate",
+        output_dir=str(tmp_path),
+    )
 
 
 def test_evaluate_latent_model_with_swapped_sampler(trained_ldm, digits_classifier, tmp_path):
     _, out, _, _ = trained_ldm
-    cfg = _eval_cfg(tmp_path, out / "checkpoints" / "last.ckpt", "sampler=euler", "sampler.steps=3",
-                    "extractor=dataset_classifier", f"extractor.weights_path={digits_classifier}",
-                    "metrics=[fid,kid,prc,density_coverage]", "guidance.scale=1.5")
+    cfg = _eval_cfg(
+        tmp_path,
+        out / "checkpoints" / "last.ckpt",
+        "sampler=euler",
+        "sampler.steps=3",
+        "extractor=dataset_classifier",
+        f"extractor.weights_path={digits_classifier}",
+        "metrics=[fid,kid,prc,density_coverage]",
+        "guidance.scale=1.5",
+    )
     record = run_evaluation(cfg)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["sampler"].endswith("EulerSampler") and saved["steps"] == 3 and saved["nfe"] == 3
@@ -67,10 +77,23 @@ def test_evaluate_autoencoder_reports_lpips_though_it_was_trained_without_a_perc
     from tests.helpers import FAST, TINY_AE
 
     run_dir = tmp_path / "ae"
-    train(compose_config([*FAST, *TINY_AE, "model=autoencoder", "data=digits", "data.resolution=32", "data.batch_size=4",
-                          "trainer.max_steps=2", "trainer.limit_val_batches=1", "num_grid_samples=4",
-                          "first_stage.latent_stats_batches=1"],
-                         output_dir=str(run_dir)))
+    train(
+        compose_config(
+            [
+                *FAST,
+                *TINY_AE,
+                "model=autoencoder",
+                "data=digits",
+                "data.resolution=32",
+                "data.batch_size=4",
+                "trainer.max_steps=2",
+                "trainer.limit_val_batches=1",
+                "num_grid_samples=4",
+                "first_stage.latent_stats_batches=1",
+            ],
+            output_dir=str(run_dir),
+        )
+    )
     trained_with = json.loads((run_dir / "metrics.json").read_text())["config"]["perceptual"]["_target_"]
     assert trained_with.endswith("NoPerceptual")
     record = run_evaluation(_eval_cfg(tmp_path / "eval", run_dir / "checkpoints" / "last.ckpt", "num_samples=8"))
@@ -86,7 +109,9 @@ def test_a_file_that_is_not_a_latentgen_checkpoint_is_refused(tmp_path):
         run_evaluation(_eval_cfg(tmp_path, bogus))
 
 
-def test_torchrun_with_two_processes_shares_the_sampling_and_equals_one_process(trained_ldm, digits_classifier, tmp_path):
+def test_torchrun_with_two_processes_shares_the_sampling_and_equals_one_process(
+    trained_ldm, digits_classifier, tmp_path
+):
     """`torchrun --nproc_per_node=2 evaluate.py ...` (gloo on the CPU): each rank samples half of the
     batches, rank 0 writes metrics.json, and the numbers equal a one-process evaluation's."""
     import subprocess

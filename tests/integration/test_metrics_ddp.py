@@ -54,12 +54,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 @pytest.mark.parametrize(
     "start_method",
     [
-        pytest.param(
-            "fork", marks=pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
-        ),
-        pytest.param(
-            "spawn", marks=pytest.mark.slow
-        ),  # re-imports torchmetrics in both children: ~15-30 s here
+        pytest.param("fork", marks=pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")),
+        pytest.param("spawn", marks=pytest.mark.slow),  # re-imports torchmetrics in both children: ~15-30 s here
     ],
 )
 def test_ddp_two_gloo_processes_equal_single_process(tmp_path, start_method):

@@ -40,8 +40,16 @@ SMALL = [
     "callbacks.model_checkpoint.every_n_train_steps=3",
     "+callbacks.step_log._target_=latentgen.callbacks.step_log.StepMetricsLog",
 ]
-AE = [*SMALL, "model=autoencoder", "autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny", "perceptual=none",
-      "ae_loss.disc_train_start=3", "ae_loss.disc_start=5", "trainer.max_steps=10"]
+AE = [
+    *SMALL,
+    "model=autoencoder",
+    "autoencoder=kl_f4_tiny",
+    "discriminator=patchgan_tiny",
+    "perceptual=none",
+    "ae_loss.disc_train_start=3",
+    "ae_loss.disc_start=5",
+    "trainer.max_steps=10",
+]
 
 
 class Crash(RuntimeError):
@@ -91,18 +99,35 @@ def test_autoencoder_resume_after_a_crash_is_exact(tmp_path):
 
 
 def test_step_checkpoints_keep_the_newest_k(tmp_path):
-    cfg = compose_config([*AE, "trainer.max_steps=7", "callbacks.model_checkpoint.every_n_train_steps=1",
-                          "callbacks.model_checkpoint.save_top_k=2", "~callbacks.step_log"], output_dir=str(tmp_path))
+    cfg = compose_config(
+        [
+            *AE,
+            "trainer.max_steps=7",
+            "callbacks.model_checkpoint.every_n_train_steps=1",
+            "callbacks.model_checkpoint.save_top_k=2",
+            "~callbacks.step_log",
+        ],
+        output_dir=str(tmp_path),
+    )
     train(cfg)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step*.ckpt"))
     assert names == ["step0000006.ckpt", "step0000007.ckpt"]
 
 
 def test_step_checkpoints_keep_the_best_by_a_metric(tmp_path):
-    cfg = compose_config([*AE, "trainer.max_steps=8", "trainer.val_check_interval=2",
-                          "callbacks.model_checkpoint.every_n_train_steps=null",
-                          "callbacks.model_checkpoint.monitor=val/psnr", "callbacks.model_checkpoint.mode=max",
-                          "callbacks.model_checkpoint.save_top_k=1", "~callbacks.step_log"], output_dir=str(tmp_path))
+    cfg = compose_config(
+        [
+            *AE,
+            "trainer.max_steps=8",
+            "trainer.val_check_interval=2",
+            "callbacks.model_checkpoint.every_n_train_steps=null",
+            "callbacks.model_checkpoint.monitor=val/psnr",
+            "callbacks.model_checkpoint.mode=max",
+            "callbacks.model_checkpoint.save_top_k=1",
+            "~callbacks.step_log",
+        ],
+        output_dir=str(tmp_path),
+    )
     train(cfg)
     kept = list((tmp_path / "checkpoints").glob("step*.ckpt"))
     assert len(kept) == 1
@@ -123,7 +148,10 @@ def test_a_crash_while_writing_leaves_the_old_checkpoint_intact(tmp_path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")  # ... and the disk fills up
 
     monkeypatch.setattr(ckpt_mod.torch, "save", save_then_fail)
-    for write in (lambda: atomic_torch_save({"step": 2}, path), lambda: AtomicCheckpointIO().save_checkpoint({"step": 2}, path)):
+    for write in (
+        lambda: atomic_torch_save({"step": 2}, path),
+        lambda: AtomicCheckpointIO().save_checkpoint({"step": 2}, path),
+    ):
         with pytest.raises(OSError, match="No space left"):
             write()
         old = load_checkpoint_file(path)
@@ -256,7 +284,9 @@ def test_nonfinite_policy_is_checked():
 # ---------------------------------------------------------------------------------------------- data position
 def test_ranks_hold_contiguous_slices_of_the_one_process_global_batches():
     one = list(EpochShuffleSampler(37, seed=3, batch_size=8, drop_last=True))
-    ranks = [list(EpochShuffleSampler(37, seed=3, num_replicas=2, rank=r, batch_size=4, drop_last=True)) for r in (0, 1)]
+    ranks = [
+        list(EpochShuffleSampler(37, seed=3, num_replicas=2, rank=r, batch_size=4, drop_last=True)) for r in (0, 1)
+    ]
     assert len(one) == 32 and all(len(r) == 16 for r in ranks)
     for step in range(4):
         assert one[step * 8 : step * 8 + 8] == ranks[0][step * 4 : step * 4 + 4] + ranks[1][step * 4 : step * 4 + 4]
@@ -335,9 +365,15 @@ def test_a_requeue_signal_saves_at_the_next_batch_boundary_then_hands_over(tmp_p
     calls = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
     try:
-        cfg = compose_config([*AE, "~callbacks.step_log",
-                              f"+callbacks.signal._target_={__name__}.SignalAtBatch", "+callbacks.signal.batch=3"],
-                             output_dir=str(tmp_path))
+        cfg = compose_config(
+            [
+                *AE,
+                "~callbacks.step_log",
+                f"+callbacks.signal._target_={__name__}.SignalAtBatch",
+                "+callbacks.signal.batch=3",
+            ],
+            output_dir=str(tmp_path),
+        )
         with pytest.raises(SystemExit) as stop:
             train(cfg)
         assert stop.value.code == PREEMPTED_EXIT_CODE
@@ -366,8 +402,15 @@ def test_nonfinite_skip_in_the_latent_model_skips_the_update_and_its_ema_step(tm
         return total, log
 
     monkeypatch.setattr(Objective, "loss", loss)
-    overrides = [*SMALL, "autoencoder=kl_f4_tiny", "denoiser=unet_tiny", "sampler.steps=2", "trainer.max_steps=5",
-                 f"first_stage.ckpt={export}", "nonfinite=skip"]
+    overrides = [
+        *SMALL,
+        "autoencoder=kl_f4_tiny",
+        "denoiser=unet_tiny",
+        "sampler.steps=2",
+        "trainer.max_steps=5",
+        f"first_stage.ckpt={export}",
+        "nonfinite=skip",
+    ]
     train(compose_config(overrides, output_dir=str(tmp_path / "run")))
     rows = read_step_log(tmp_path / "run" / "train_steps.jsonl")
     assert rows[2]["train/skipped_steps"] == 1.0

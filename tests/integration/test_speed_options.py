@@ -11,10 +11,22 @@ from latentgen.app.building import load_system_from_checkpoint
 from latentgen.app.training import train
 from tests.helpers import FAST, compose_config, make_first_stage_export
 
-BASE = [*FAST, "data=shapes", "data.dataset.num_train=36", "data.dataset.num_val=8", "data.batch_size=8",
-        "data.resolution=16", "trainer.limit_val_batches=1", "trainer.val_check_interval=3", "num_grid_samples=4",
-        "sample_every_n_steps=1000", "sampler.steps=2", "autoencoder=kl_f4_tiny", "denoiser=unet_tiny",
-        "trainer.max_steps=3"]
+BASE = [
+    *FAST,
+    "data=shapes",
+    "data.dataset.num_train=36",
+    "data.dataset.num_val=8",
+    "data.batch_size=8",
+    "data.resolution=16",
+    "trainer.limit_val_batches=1",
+    "trainer.val_check_interval=3",
+    "num_grid_samples=4",
+    "sample_every_n_steps=1000",
+    "sampler.steps=2",
+    "autoencoder=kl_f4_tiny",
+    "denoiser=unet_tiny",
+    "trainer.max_steps=3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +36,9 @@ def latent(tmp_path_factory):
 
     def run(name: str, *overrides: str) -> dict:
         out = tmp / name
-        cfg = compose_config([*BASE, "model.lr_schedule.warmup_steps=1", f"first_stage.ckpt={export}", *overrides],
-                             output_dir=str(out))
+        cfg = compose_config(
+            [*BASE, "model.lr_schedule.warmup_steps=1", f"first_stage.ckpt={export}", *overrides], output_dir=str(out)
+        )
         metrics = train(cfg)
         return {"metrics": metrics, "ckpt": read_latentgen_checkpoint(out / "checkpoints" / "last.ckpt"), "dir": out}
 
@@ -45,9 +58,19 @@ def test_bf16_mixed_trains_the_latent_model_with_fp32_weights(latent):
 
 
 def test_bf16_mixed_trains_a_vq_autoencoder(tmp_path):
-    cfg = compose_config([*BASE, "model=autoencoder", "autoencoder=vq_f4_tiny", "discriminator=patchgan_tiny",
-                          "perceptual=none", "ae_loss.disc_start=1", "ae_loss.disc_train_start=0",
-                          "trainer.precision=bf16-mixed"], output_dir=str(tmp_path))
+    cfg = compose_config(
+        [
+            *BASE,
+            "model=autoencoder",
+            "autoencoder=vq_f4_tiny",
+            "discriminator=patchgan_tiny",
+            "perceptual=none",
+            "ae_loss.disc_start=1",
+            "ae_loss.disc_train_start=0",
+            "trainer.precision=bf16-mixed",
+        ],
+        output_dir=str(tmp_path),
+    )
     metrics = train(cfg)
     assert metrics["global_step"] == 3 and metrics["val/psnr"] > 0
     _finite_fp32(read_latentgen_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"])

@@ -16,8 +16,18 @@ from tests.helpers import FAST, TINY_AE, TINY_DATA, TINY_LDM, compose_config
 
 def test_autoencoder_run_writes_checkpoint_export_grid_and_metrics(tmp_path):
     cfg = compose_config(
-        [*FAST, *TINY_DATA, *TINY_AE, "model=autoencoder", "data=shapes", "trainer.max_steps=4", "trainer.val_check_interval=2",
-         "ae_loss.disc_start=2", "ae_loss.disc_train_start=1", "sample_every_n_steps=2"],
+        [
+            *FAST,
+            *TINY_DATA,
+            *TINY_AE,
+            "model=autoencoder",
+            "data=shapes",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "ae_loss.disc_start=2",
+            "ae_loss.disc_train_start=1",
+            "sample_every_n_steps=2",
+        ],
         output_dir=str(tmp_path),
     )
     metrics = train(cfg)
@@ -99,8 +109,10 @@ def test_reloaded_checkpoint_equals_the_trained_system(trained_ldm, tmp_path, mo
 
 
 def test_guidance_on_unconditional_model_is_a_clear_error(tmp_path):
-    cfg = compose_config([*FAST, *TINY_DATA, *TINY_AE, *TINY_LDM, "conditioner=none", "guidance.scale=3.0", "trainer.max_steps=1"],
-                         output_dir=str(tmp_path))
+    cfg = compose_config(
+        [*FAST, *TINY_DATA, *TINY_AE, *TINY_LDM, "conditioner=none", "guidance.scale=3.0", "trainer.max_steps=1"],
+        output_dir=str(tmp_path),
+    )
     with pytest.raises(ConfigError, match="guidance.scale=3.0"):
         train(cfg)
 
@@ -108,17 +120,30 @@ def test_guidance_on_unconditional_model_is_a_clear_error(tmp_path):
 def test_first_stage_checkpoint_of_another_autoencoder_is_refused(trained_ldm, tmp_path):
     cfg, _, _, _ = trained_ldm
     ae_ckpt = cfg.first_stage.ckpt
-    bad = compose_config([*FAST, *TINY_DATA, *TINY_LDM, "autoencoder=kl_f8_tiny", f"first_stage.ckpt={ae_ckpt}", "trainer.max_steps=1"],
-                         output_dir=str(tmp_path))
+    bad = compose_config(
+        [*FAST, *TINY_DATA, *TINY_LDM, "autoencoder=kl_f8_tiny", f"first_stage.ckpt={ae_ckpt}", "trainer.max_steps=1"],
+        output_dir=str(tmp_path),
+    )
     with pytest.raises(CheckpointError, match="downsample_factor"):
         train(bad)
 
 
 def test_training_from_the_latent_cache(trained_ldm, tmp_path):
     cfg, _, _, _ = trained_ldm
-    run_cfg = compose_config([*FAST, *TINY_DATA, *TINY_AE, *TINY_LDM, "data=digits", "data.cache_latents=true",
-                              f"first_stage.ckpt={cfg.first_stage.ckpt}", "trainer.max_steps=2", "trainer.val_check_interval=2"],
-                             output_dir=str(tmp_path))
+    run_cfg = compose_config(
+        [
+            *FAST,
+            *TINY_DATA,
+            *TINY_AE,
+            *TINY_LDM,
+            "data=digits",
+            "data.cache_latents=true",
+            f"first_stage.ckpt={cfg.first_stage.ckpt}",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+        ],
+        output_dir=str(tmp_path),
+    )
     metrics = train(run_cfg)
     assert metrics["global_step"] == 2
     assert list((tmp_path / "cache" / "latents").glob("train-*.pt")), "no latent cache was written"

@@ -11,9 +11,19 @@ from tests.helpers import FAST, TINY_DATA, compose_config
 
 pytest.importorskip("wandb")
 
-RUN = [*FAST, *TINY_DATA, "autoencoder=identity", "data=digits", "data.resolution=8", "denoiser=unet_tiny",
-       "sampler.steps=2", "logger=wandb", "logger.mode=offline", "trainer.val_check_interval=2",
-       "callbacks.model_checkpoint.every_n_train_steps=2"]
+RUN = [
+    *FAST,
+    *TINY_DATA,
+    "autoencoder=identity",
+    "data=digits",
+    "data.resolution=8",
+    "denoiser=unet_tiny",
+    "sampler.steps=2",
+    "logger=wandb",
+    "logger.mode=offline",
+    "trainer.val_check_interval=2",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+]
 
 
 def _run_ids(run_dir) -> list[str]:
@@ -36,9 +46,20 @@ def test_resume_continues_the_wandb_run_and_evaluate_joins_its_group(tmp_path, m
     assert stored["group"] == stored["id"]  # no group given: the run is its own group
 
     eval_dir = tmp_path / "eval"
-    evaluate(compose_config([f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "logger=wandb", "logger.mode=offline",
-                             "num_samples=4", "batch_size=4", "perceptual=none"],
-                            config_name="evaluate", output_dir=str(eval_dir)))
+    evaluate(
+        compose_config(
+            [
+                f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
+                "logger=wandb",
+                "logger.mode=offline",
+                "num_samples=4",
+                "batch_size=4",
+                "perceptual=none",
+            ],
+            config_name="evaluate",
+            output_dir=str(eval_dir),
+        )
+    )
     evaluation = json.loads((eval_dir / "wandb_run.json").read_text())
     assert evaluation["group"] == stored["group"] and evaluation["id"] != stored["id"]
 

@@ -96,8 +96,9 @@ def test_default_trains_discriminator_at_disc_start_like_ldm():
 def test_generator_gan_term_off_before_disc_start():
     loss = make_loss(disc_start=3)
     x, recon = torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5, requires_grad=True)
-    total, log = loss.generator_loss(x, recon, 0.0, reg_weight=0.0, nll_reduction="mean", batch_idx=2,
-                                     discriminator=IdentityD())
+    total, log = loss.generator_loss(
+        x, recon, 0.0, reg_weight=0.0, nll_reduction="mean", batch_idx=2, discriminator=IdentityD()
+    )
     assert log["g"].item() == 0.0 and log["d_weight"].item() == 0.0 and log["disc_factor"].item() == 0.0
     assert total.item() == pytest.approx(0.5)
 
@@ -176,8 +177,13 @@ def _linear_setup(disc_weight=0.5, a=(0.3, -0.2, 0.1)):
     with torch.no_grad():
         disc.weight.copy_(torch.tensor(a).view(1, C, 1, 1))
     loss = AutoencoderLoss(
-        NoPerceptual(), l1_weight=0.0, l2_weight=1.0, perceptual_weight=0.0,
-        learn_logvar=False, disc_weight=disc_weight, disc_start=0,
+        NoPerceptual(),
+        l1_weight=0.0,
+        l2_weight=1.0,
+        perceptual_weight=0.0,
+        learn_logvar=False,
+        disc_weight=disc_weight,
+        disc_start=0,
     )
     return loss, disc, decoder, h, x
 
@@ -185,8 +191,9 @@ def _linear_setup(disc_weight=0.5, a=(0.3, -0.2, 0.1)):
 def test_adaptive_weight_matches_formula_on_linear_decoder():
     loss, disc, decoder, h, x = _linear_setup()
     recon = decoder(h)
-    total, log = loss.generator_loss(x, recon, 0.0, reg_weight=0.0, nll_reduction="mean",
-                                     last_layer=decoder.weight, batch_idx=0, discriminator=disc)
+    total, log = loss.generator_loss(
+        x, recon, 0.0, reg_weight=0.0, nll_reduction="mean", last_layer=decoder.weight, batch_idx=0, discriminator=disc
+    )
     # By hand (W is C x K): nll = mean (x - Wh)^2  ->  dnll/dW = -2/(BCHW) sum_bhw (x - x̂)_c h_k
     #                       g = -mean_bhw a·x̂     ->  dg/dW   = -1/(BHW)  sum_bhw a_c h_k
     B, C, H, W = x.shape
@@ -210,26 +217,51 @@ def test_adaptive_weight_matches_formula_on_linear_decoder():
 def test_adaptive_weight_is_clamped():
     loss, disc, decoder, h, x = _linear_setup(disc_weight=0.8, a=(1e-12, 0.0, 0.0))
     x = 100 * x  # ||grad nll|| / (||grad g|| + 1e-4) ~ 1e6 > 1e4
-    _, log = loss.generator_loss(x, decoder(h), 0.0, reg_weight=0.0, nll_reduction="mean",
-                                 last_layer=decoder.weight, batch_idx=0, discriminator=disc)
+    _, log = loss.generator_loss(
+        x,
+        decoder(h),
+        0.0,
+        reg_weight=0.0,
+        nll_reduction="mean",
+        last_layer=decoder.weight,
+        batch_idx=0,
+        discriminator=disc,
+    )
     assert log["d_weight"].item() == pytest.approx(1e4 * 0.8)
 
 
 def test_adaptive_weight_falls_back_to_disc_weight():
     loss, disc, decoder, h, x = _linear_setup(disc_weight=0.6)
     # no last layer
-    _, log = loss.generator_loss(x, decoder(h), 0.0, reg_weight=0.0, nll_reduction="mean", batch_idx=0,
-                                 discriminator=disc)
+    _, log = loss.generator_loss(
+        x, decoder(h), 0.0, reg_weight=0.0, nll_reduction="mean", batch_idx=0, discriminator=disc
+    )
     assert log["d_weight"].item() == pytest.approx(0.6)
     # eval mode (validation) and no-grad mode
     loss.eval()
-    _, log = loss.generator_loss(x, decoder(h), 0.0, reg_weight=0.0, nll_reduction="mean",
-                                 last_layer=decoder.weight, batch_idx=0, discriminator=disc)
+    _, log = loss.generator_loss(
+        x,
+        decoder(h),
+        0.0,
+        reg_weight=0.0,
+        nll_reduction="mean",
+        last_layer=decoder.weight,
+        batch_idx=0,
+        discriminator=disc,
+    )
     assert log["d_weight"].item() == pytest.approx(0.6)
     loss.train()
     with torch.no_grad():
-        _, log = loss.generator_loss(x, decoder(h), 0.0, reg_weight=0.0, nll_reduction="mean",
-                                     last_layer=decoder.weight, batch_idx=0, discriminator=disc)
+        _, log = loss.generator_loss(
+            x,
+            decoder(h),
+            0.0,
+            reg_weight=0.0,
+            nll_reduction="mean",
+            last_layer=decoder.weight,
+            batch_idx=0,
+            discriminator=disc,
+        )
     assert log["d_weight"].item() == pytest.approx(0.6)
 
 
@@ -250,8 +282,16 @@ def test_fp32_under_bf16_autocast_with_patchgan():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         recon = dec(x)
         assert recon.dtype == torch.bfloat16
-        total, log = loss.generator_loss(x, recon, torch.tensor(1.0), reg_weight=1e-6, nll_reduction="sum",
-                                         last_layer=dec.weight, batch_idx=0, discriminator=disc)
+        total, log = loss.generator_loss(
+            x,
+            recon,
+            torch.tensor(1.0),
+            reg_weight=1e-6,
+            nll_reduction="sum",
+            last_layer=dec.weight,
+            batch_idx=0,
+            discriminator=disc,
+        )
         d, dlog = loss.discriminator_loss(x, recon, discriminator=disc, batch_idx=0)
     assert total.dtype == torch.float32 and d.dtype == torch.float32
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in {**log, **dlog}.values())

@@ -107,8 +107,7 @@ def test_an_autoencoder_checkpoint_of_the_former_layout_still_loads(option, tmp_
     from latentgen.config import instantiate, to_container
     from tests.helpers import FAST, compose_config
 
-    overrides = [*FAST, "model=autoencoder", f"autoencoder={option}", "discriminator=patchgan_tiny",
-                 "perceptual=none"]
+    overrides = [*FAST, "model=autoencoder", f"autoencoder={option}", "discriminator=patchgan_tiny", "perceptual=none"]
     if option.startswith("vq"):
         overrides.append("ae_loss=default")  # the former default: the KL loss beside a VQ model
     cfg = compose_config(overrides, output_dir=str(tmp_path))
@@ -118,8 +117,7 @@ def test_an_autoencoder_checkpoint_of_the_former_layout_still_loads(option, tmp_
     torch.manual_seed(0)
     cfg.ae_loss.learn_logvar = not option.startswith("vq")  # today's pairing, to make the weights
     reference = instantiate(cfg.model)
-    weights = {("loss." + k if k.startswith("discriminator.") else k): v
-               for k, v in reference.state_dict().items()}
+    weights = {("loss." + k if k.startswith("discriminator.") else k): v for k, v in reference.state_dict().items()}
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": weights, CONFIG_KEY: stored, KIND_KEY: "autoencoder", VERSION_KEY: "0.1"}, path)
 

@@ -99,8 +99,16 @@ def test_per_part_dropout_trains_the_null_condition_through_training_step():
     ``forward``, hands the parts their drop masks, so the null condition is trained."""
     from latentgen.app.building import build_latent_system
 
-    cfg = compose_config(["autoencoder=identity", "data=digits", "data.resolution=8", "denoiser=unet_tiny",
-                          "conditioner=class", "conditioner.drop_prob=0.5"])
+    cfg = compose_config(
+        [
+            "autoencoder=identity",
+            "data=digits",
+            "data.resolution=8",
+            "denoiser=unet_tiny",
+            "conditioner=class",
+            "conditioner.drop_prob=0.5",
+        ]
+    )
     system = build_latent_system(cfg, None)
     label_part = system.conditioner
     system.conditioner = MultiConditioner({"label": label_part}, drop_prob=None, context_dim=cfg.conditioner.embed_dim)

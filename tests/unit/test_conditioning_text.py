@@ -196,4 +196,3 @@ def test_minilm_package_loads_offline_as_the_default(monkeypatch):
     assert out.context.shape == (2, cfg.conditioner.max_length, 384)
     # the sentence model separates different prompts
     assert (out.context[0] - out.context[1]).abs().max() > 1e-3
-

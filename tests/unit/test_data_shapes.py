@@ -75,7 +75,10 @@ def test_caption_mask_label_match_attributes() -> None:
             assert m is not None, part
             size, pattern, colour, kind, position = m.groups()
             assert (size, colour, kind, position) == (
-                sh["size_name"], sh["colour_name"], sh["kind_name"], sh["position_name"]
+                sh["size_name"],
+                sh["colour_name"],
+                sh["kind_name"],
+                sh["position_name"],
             )
             assert (pattern or "plain") == sh["pattern_name"]
         assert int(s["label"]) == attrs["kind"] == shapes[0]["kind"]
@@ -122,8 +125,14 @@ def test_fast_enough() -> None:
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(max_shapes=0), dict(max_shapes=10), dict(channels=2), dict(resolution=0), dict(split="test"),
-     dict(num_train=0)],
+    [
+        dict(max_shapes=0),
+        dict(max_shapes=10),
+        dict(channels=2),
+        dict(resolution=0),
+        dict(split="test"),
+        dict(num_train=0),
+    ],
 )
 def test_bad_config(kw: dict) -> None:
     with pytest.raises(ConfigError):

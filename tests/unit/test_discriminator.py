@@ -25,7 +25,11 @@ def test_pix2pix_architecture_and_parameter_count():
     d = PatchGANDiscriminator(in_channels=3, ndf=64, n_layers=3, norm="batch")
     convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [
-        (3, 64, 2), (64, 128, 2), (128, 256, 2), (256, 512, 1), (512, 1, 1),
+        (3, 64, 2),
+        (64, 128, 2),
+        (128, 256, 2),
+        (256, 512, 1),
+        (512, 1, 1),
     ]
     assert all(c.kernel_size == (4, 4) and c.padding == (1, 1) for c in convs)
     assert [c.bias is not None for c in convs] == [True, False, False, False, True]

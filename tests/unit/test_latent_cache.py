@@ -23,7 +23,9 @@ def _first_stage(resolution: int = 16, channels: int = 1):
 def test_cached_latents_equal_on_the_fly_encoding(tmp_path):
     ae = _first_stage()
     ds = DigitsDataset(resolution=16, channels=1, split="train")
-    cache, path = load_or_build_latent_cache(ae, ds, tmp_path, {"name": "digits", "resolution": 16}, batch_size=50, progress=False)
+    cache, path = load_or_build_latent_cache(
+        ae, ds, tmp_path, {"name": "digits", "resolution": 16}, batch_size=50, progress=False
+    )
     cached = CachedLatentDataset(cache, ds)
     assert len(cached) == len(ds) and path.is_file()
     idx = [0, 5, 17, 100]

@@ -67,10 +67,23 @@ def test_a_crafted_pickle_is_refused_when_resuming_a_run(tmp_path):
     from tests.helpers import FAST, compose_config
 
     path, marker = _crafted_checkpoint(tmp_path)
-    cfg = compose_config([*FAST, "model=autoencoder", "autoencoder=kl_f4_tiny", "discriminator=patchgan_tiny",
-                          "perceptual=none", "data=shapes", "data.dataset.num_train=16", "data.dataset.num_val=8",
-                          "data.batch_size=8", "data.resolution=16", "trainer.max_steps=2", f"ckpt_path={path}"],
-                         output_dir=str(tmp_path / "run"))
+    cfg = compose_config(
+        [
+            *FAST,
+            "model=autoencoder",
+            "autoencoder=kl_f4_tiny",
+            "discriminator=patchgan_tiny",
+            "perceptual=none",
+            "data=shapes",
+            "data.dataset.num_train=16",
+            "data.dataset.num_val=8",
+            "data.batch_size=8",
+            "data.resolution=16",
+            "trainer.max_steps=2",
+            f"ckpt_path={path}",
+        ],
+        output_dir=str(tmp_path / "run"),
+    )
     with pytest.raises(CheckpointError, match="crafted.ckpt"):
         train(cfg)
     assert not marker.exists()
@@ -81,7 +94,9 @@ def test_a_crafted_latent_cache_is_refused(tmp_path):
 
     first_stage, data_cfg = torch.nn.Linear(2, 2), {"name": "crafted"}
     path, marker = _crafted_checkpoint(tmp_path)
-    cache_file = tmp_path / "cache" / "latents" / f"train-{lc._key_digest(lc.cache_key(first_stage, data_cfg, 'train'))}.pt"
+    cache_file = (
+        tmp_path / "cache" / "latents" / f"train-{lc._key_digest(lc.cache_key(first_stage, data_cfg, 'train'))}.pt"
+    )
     cache_file.parent.mkdir(parents=True)
     path.rename(cache_file)  # planted where the run will look for its cache
     with pytest.raises(CheckpointError, match="weights_only=True"):
@@ -107,8 +122,10 @@ def test_a_crafted_latent_cache_is_refused(tmp_path):
 def test_configs_in_checkpoints_may_only_build_our_own_targets(tmp_path, target):
     marker = tmp_path / "pwned"
     config = {
-        "model": {"_target_": "latentgen.systems.autoencoder.AutoencoderSystem",
-                  "loss": {"_target_": target, "_args_": [f"touch {marker}"], "path": str(marker), "obj": {}}},
+        "model": {
+            "_target_": "latentgen.systems.autoencoder.AutoencoderSystem",
+            "loss": {"_target_": target, "_args_": [f"touch {marker}"], "path": str(marker), "obj": {}},
+        },
         "seed": 0,
     }
     with pytest.raises(ConfigError, match="refused"):

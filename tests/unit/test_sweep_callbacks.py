@@ -28,8 +28,11 @@ def test_flops_of_one_training_step_per_image_are_counted_on_a_copy():
     shape = (2, 4, 4)
     n = 2 * 4 * 4
     den = _Linear(n)
-    module = SimpleNamespace(latent_shape=shape, device=torch.device("cpu"),
-                             trainable=nn.ModuleDict({"denoiser": den, "conditioner": Unconditional()}))
+    module = SimpleNamespace(
+        latent_shape=shape,
+        device=torch.device("cpu"),
+        trainable=nn.ModuleDict({"denoiser": den, "conditioner": Unconditional()}),
+    )
     flops = denoiser_train_flops(module, {"image": torch.zeros(3, 1, 16, 16)})
     # forward 2*n*n, backward: grad wrt the weight 2*n*n (the input needs no grad)
     assert flops == 4 * n * n

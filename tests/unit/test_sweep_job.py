@@ -24,8 +24,10 @@ def _cfg(tmp_path, *extra):
 def _fake_train(calls):
     def train(cfg):
         calls.append(1)
-        write_json(Path(cfg.paths.output_dir) / "metrics.json",
-                   {"kind": "latent_generative", "metrics": {"val/loss": 0.5}, "config": resolved(cfg)})
+        write_json(
+            Path(cfg.paths.output_dir) / "metrics.json",
+            {"kind": "latent_generative", "metrics": {"val/loss": 0.5}, "config": resolved(cfg)},
+        )
         return {"val/loss": 0.5}
 
     return train
@@ -107,8 +109,9 @@ def test_every_f_composes_and_the_denoisers_have_about_equal_size(tmp_path):
 
 
 def test_the_cluster_experiment_composes_with_the_paper_sizes(tmp_path):
-    cfg = compose_config(["experiment=f_sweep_celebahq", "ldm_celebahq=f8", "data.root=/data/celebahq"],
-                         output_dir=str(tmp_path))
+    cfg = compose_config(
+        ["experiment=f_sweep_celebahq", "ldm_celebahq=f8", "data.root=/data/celebahq"], output_dir=str(tmp_path)
+    )
     plain = resolved(cfg)
     assert plain["data"]["resolution"] == 256 and plain["autoencoder"]["downsample_factor"] == 8
     assert plain["denoiser"]["input_size"] == 32 and plain["denoiser"]["ch"] == 256

@@ -13,16 +13,44 @@ from latentgen.sweep.report import write_report
 
 def _history(f: int) -> dict:
     base = 40.0 / f if f > 1 else 300.0
-    evals = [{"step": s, "kind": "milestone", "sampling_steps": 10, "nfe": 10, "num_samples": 50, "num_reference": 50,
-              "sampling_images_per_s": 100.0 * f, "wall_time_s": s / 10, "eval_time_s": 1.0, "extractor": "clf",
-              "metrics": {"fid": base * 100 / s, "precision": 0.5, "recall": 0.4, "density": 0.9, "coverage": 0.6}}
-             for s in (100, 200)]
-    finals = [{"step": 200, "kind": "final", "sampling_steps": n, "nfe": n, "num_samples": 50, "num_reference": 50,
-               "sampling_images_per_s": 1000.0 * f / n, "wall_time_s": 30.0, "eval_time_s": 1.0, "extractor": "clf",
-               "metrics": {"fid": base / n ** 0.5, "precision": 0.5, "recall": 0.4, "density": 0.9, "coverage": 0.6}}
-              for n in (10, 20)]
-    rec = {"psnr_mean": 100.0 if f == 1 else 30.0 - f, "ssim_mean": 1.0 - f / 100, "lpips_mean": f / 100,
-           "rfid": 0.0 if f == 1 else float(f)}
+    evals = [
+        {
+            "step": s,
+            "kind": "milestone",
+            "sampling_steps": 10,
+            "nfe": 10,
+            "num_samples": 50,
+            "num_reference": 50,
+            "sampling_images_per_s": 100.0 * f,
+            "wall_time_s": s / 10,
+            "eval_time_s": 1.0,
+            "extractor": "clf",
+            "metrics": {"fid": base * 100 / s, "precision": 0.5, "recall": 0.4, "density": 0.9, "coverage": 0.6},
+        }
+        for s in (100, 200)
+    ]
+    finals = [
+        {
+            "step": 200,
+            "kind": "final",
+            "sampling_steps": n,
+            "nfe": n,
+            "num_samples": 50,
+            "num_reference": 50,
+            "sampling_images_per_s": 1000.0 * f / n,
+            "wall_time_s": 30.0,
+            "eval_time_s": 1.0,
+            "extractor": "clf",
+            "metrics": {"fid": base / n**0.5, "precision": 0.5, "recall": 0.4, "density": 0.9, "coverage": 0.6},
+        }
+        for n in (10, 20)
+    ]
+    rec = {
+        "psnr_mean": 100.0 if f == 1 else 30.0 - f,
+        "ssim_mean": 1.0 - f / 100,
+        "lpips_mean": f / 100,
+        "rfid": 0.0 if f == 1 else float(f),
+    }
     return {"evals": evals, "final": finals, "reconstruction": {"metrics": rec, "eval_time_s": 1.0}}
 
 
@@ -37,14 +65,29 @@ def _job(root: Path, num: int, f: int, status: str | None) -> Path:
     config = {"data": {"resolution": 32}, "logger": {"group": "f_sweep-test"}}
     if status == "ok":
         (d / "eval_history.json").write_text(json.dumps(_history(f)))
-        compute = {"latent_shape": [3, 32 // f, 32 // f], "params_denoiser": 2_000_000,
-                   "flops_per_image": 1e8 * 32 / f, "flops_per_step": 1e9, "train_images_per_s": 10.0 * f,
-                   "global_batch_size": 8, "job_wall_time_s": 60.0, "peak_cpu_rss_mb": 1000.0,
-                   "peak_accelerator_memory_mb": None}
-        (d / "metrics.json").write_text(json.dumps({"status": "ok", "config": config, "metrics": {"global_step": 200},
-                                                    "compute": compute, "job": {"job_num": num},
-                                                    "latent": {"downsample_factor": f, "latent_channels": 3,
-                                                               "latent_shape": [3, 32 // f, 32 // f]}}))
+        compute = {
+            "latent_shape": [3, 32 // f, 32 // f],
+            "params_denoiser": 2_000_000,
+            "flops_per_image": 1e8 * 32 / f,
+            "flops_per_step": 1e9,
+            "train_images_per_s": 10.0 * f,
+            "global_batch_size": 8,
+            "job_wall_time_s": 60.0,
+            "peak_cpu_rss_mb": 1000.0,
+            "peak_accelerator_memory_mb": None,
+        }
+        (d / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "status": "ok",
+                    "config": config,
+                    "metrics": {"global_step": 200},
+                    "compute": compute,
+                    "job": {"job_num": num},
+                    "latent": {"downsample_factor": f, "latent_channels": 3, "latent_shape": [3, 32 // f, 32 // f]},
+                }
+            )
+        )
     elif status == "failed":
         error = "ConfigError: denoiser.ch_mult is empty"
         (d / "error.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
@@ -70,10 +113,20 @@ def test_collect_names_every_job_status(sweep):
     jobs = collect(sweep)
     assert expected_job_count(sweep) == 5
     assert [(j.num, j.f, j.status) for j in jobs] == [
-        (0, 1, "ok"), (1, 4, "ok"), (2, None, "failed"), (3, None, "unfinished"), (4, None, "not started"),
+        (0, 1, "ok"),
+        (1, 4, "ok"),
+        (2, None, "failed"),
+        (3, None, "unfinished"),
+        (4, None, "not started"),
     ]
     # jobs that wrote no latent contract are named by the group choices of their overrides
-    assert [j.label for j in jobs] == ["f=1", "f=4", "ldm=f8, experiment=f_sweep", "ldm=f16, experiment=f_sweep", "job 4"]
+    assert [j.label for j in jobs] == [
+        "f=1",
+        "f=4",
+        "ldm=f8, experiment=f_sweep",
+        "ldm=f16, experiment=f_sweep",
+        "job 4",
+    ]
     assert "ch_mult is empty" in jobs[2].error
     assert jobs[1].latent_shape == "8x8x3"
 
@@ -92,7 +145,7 @@ def test_report_writes_tables_and_plots_for_a_partial_sweep(sweep, tmp_path):
         assert (out / f"{name}.png").stat().st_size > 5000, name
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert [r["f"] for r in rows] == [1, 4]
-    assert rows[1]["fid@10"] == pytest.approx(10.0 / 10 ** 0.5)
+    assert rows[1]["fid@10"] == pytest.approx(10.0 / 10**0.5)
 
 
 def test_report_cli_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):

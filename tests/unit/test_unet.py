@@ -61,8 +61,18 @@ def ctx(b: int = 2, m: int = 5, d: int = 12, seed: int = 1) -> torch.Tensor:
         ({"num_heads": 2, "head_channels": None, "attention_resolutions": [4]}, lambda: None, 4),
         ({"transformer_depth": 2, "attention_resolutions": [4], "scale_shift_norm": False}, lambda: None, 4),
     ],
-    ids=["plain", "self-attn", "learned-var", "context", "context-mask", "vector", "concat", "updown", "num-heads",
-         "depth2-additive"],
+    ids=[
+        "plain",
+        "self-attn",
+        "learned-var",
+        "context",
+        "context-mask",
+        "vector",
+        "concat",
+        "updown",
+        "num-heads",
+        "depth2-additive",
+    ],
 )
 def test_output_shape(kw, cond_fn, out_c):
     model = make(**kw)
@@ -92,9 +102,7 @@ def test_output_is_zero_at_init():
 def test_gradient_reaches_every_parameter():
     """Zero-initialized layers open up in turn (final conv, then ResBlock conv2 / proj_out, then the rest):
     after two AdamW steps from init, every parameter gets a nonzero gradient."""
-    model = make(
-        in_channels=6, attention_resolutions=[8, 4], context_dim=12, vector_dim=7, resblock_updown=True
-    )
+    model = make(in_channels=6, attention_resolutions=[8, 4], context_dim=12, vector_dim=7, resblock_updown=True)
     x, t = inputs()
     cond = Conditioning(context=ctx(), vector=torch.randn(2, 7), concat=torch.randn(2, 2, 8, 8))
     target = torch.randn(2, 4, 8, 8)
@@ -360,7 +368,9 @@ def test_compiles_without_graph_breaks():
     perturb_(model)
     x, t = inputs()
     cond = Conditioning(
-        context=ctx(), context_mask=torch.ones(2, 5, dtype=torch.bool), vector=torch.randn(2, 7),
+        context=ctx(),
+        context_mask=torch.ones(2, 5, dtype=torch.bool),
+        vector=torch.randn(2, 7),
         concat=torch.randn(2, 2, 8, 8),
     )
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)

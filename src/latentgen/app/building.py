@@ -45,7 +45,9 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     try:
         probe_writable(path)
     except OSError as e:
-        raise ConfigError(f"output dir '{path}' is not writable ({e.strerror}); set hydra.run.dir or paths.root_dir") from e
+        raise ConfigError(
+            f"output dir '{path}' is not writable ({e.strerror}); set hydra.run.dir or paths.root_dir"
+        ) from e
     return path
 
 
@@ -106,7 +108,9 @@ def build_first_stage(cfg: DictConfig, ckpt: str | None, *, check_config: bool =
     return load_first_stage(autoencoder, ckpt, expected_config=expected)
 
 
-def build_latent_system(cfg: DictConfig, first_stage_ckpt: str | None, *, check_config: bool = True) -> LatentGenerativeSystem:
+def build_latent_system(
+    cfg: DictConfig, first_stage_ckpt: str | None, *, check_config: bool = True
+) -> LatentGenerativeSystem:
     first_stage = build_first_stage(cfg, first_stage_ckpt, check_config=check_config)
     return instantiate(cfg.model, first_stage=first_stage, **system_options(cfg, latent=True))
 

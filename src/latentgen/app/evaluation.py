@@ -137,8 +137,11 @@ def measure_autoencoder(cfg, system, datamodule, extractor, record) -> tuple[dic
     resolution = int(datamodule.resolution)
     if lpips is not None and resolution < MIN_LPIPS_RESOLUTION:
         # AlexNet-style networks pool 16 px images down to nothing (ST-LPIPS fails below 24 px).
-        log.warning("LPIPS is not reported: %d px images are below the %d px the perceptual network needs",
-                    resolution, MIN_LPIPS_RESOLUTION)
+        log.warning(
+            "LPIPS is not reported: %d px images are below the %d px the perceptual network needs",
+            resolution,
+            MIN_LPIPS_RESOLUTION,
+        )
         record["lpips_network"] = f"none ({resolution} px images are too small)"
         lpips = None
     if lpips is not None:
@@ -147,11 +150,15 @@ def measure_autoencoder(cfg, system, datamodule, extractor, record) -> tuple[dic
     return autoencoder_metrics(system, datamodule, extractor, lpips, num_samples=int(cfg.num_samples))
 
 
-def measure_generator(cfg, system, stored, datamodule, extractor, device, record) -> tuple[dict[str, Any], torch.Tensor]:
+def measure_generator(
+    cfg, system, stored, datamodule, extractor, device, record
+) -> tuple[dict[str, Any], torch.Tensor]:
     """Samples of a latent model: for prompts, as a grid alone (no extractor), or compared with real images."""
     _, world = rank_and_world()
     scale = float(stored.guidance.scale) if cfg.guidance.scale is None else float(cfg.guidance.scale)
-    record.update(sampler=stored.model.sampler.get("_target_"), steps=stored.model.sampler.get("steps"), guidance_scale=scale)
+    record.update(
+        sampler=stored.model.sampler.get("_target_"), steps=stored.model.sampler.get("steps"), guidance_scale=scale
+    )
     if has_prompt(cfg):
         if world > 1:
             raise ConfigError("prompt=... samples in one process: run it without torchrun")
@@ -169,7 +176,10 @@ def measure_generator(cfg, system, stored, datamodule, extractor, device, record
         batch = to_device(datamodule.fixed_batch(int(cfg.num_grid_samples)), device)
         start = time.time()
         images = system.sample(batch, generator=gen)
-        results = {"sampling_images_per_s": images.shape[0] / (time.time() - start), "num_samples": float(images.shape[0])}
+        results = {
+            "sampling_images_per_s": images.shape[0] / (time.time() - start),
+            "num_samples": float(images.shape[0]),
+        }
         log.warning("no extractor configured (extractor=...): only a sample grid was made, no FID")
     else:
         results, images = generator_metrics(
@@ -199,11 +209,15 @@ def chosen_metrics(cfg: DictConfig) -> list[Any]:
     """The metrics of the ``metrics`` config group (conf/metrics/), built: one FeatureMetric per chosen file."""
     metrics = list(instantiate(cfg.metrics).values()) if cfg.get("metrics") else []
     if not metrics:
-        raise ConfigError("no metrics chosen: pick some from conf/metrics/, e.g. metrics=[fid,kid,prc,density_coverage]")
+        raise ConfigError(
+            "no metrics chosen: pick some from conf/metrics/, e.g. metrics=[fid,kid,prc,density_coverage]"
+        )
     return metrics
 
 
-def write_outputs(cfg: DictConfig, out_dir, record: dict[str, Any], results: dict[str, Any], images: torch.Tensor) -> None:
+def write_outputs(
+    cfg: DictConfig, out_dir, record: dict[str, Any], results: dict[str, Any], images: torch.Tensor
+) -> None:
     grid = save_grid(images, out_dir / "samples.png")
     atomic_write_json(out_dir / "metrics.json", record)
     logger = build_logger(join_training_group(cfg.get("logger"), cfg.ckpt))

@@ -71,7 +71,9 @@ def _check_keys(node: DictConfig, prefix: str, table) -> None:
             continue  # not set: the component's own default applies
         plain = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
         if not valid(plain):
-            raise ConfigError(f"{prefix}{key}={value!r} is not valid: it must be {what}. Fix it on the command line or in the config.")
+            raise ConfigError(
+                f"{prefix}{key}={value!r} is not valid: it must be {what}. Fix it on the command line or in the config."
+            )
 
 
 def check_run_config(cfg: DictConfig) -> None:

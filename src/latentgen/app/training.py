@@ -91,7 +91,10 @@ def train_first_stage(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if system.autoencoder.is_trainable:
         fit(trainer, system, datamodule, resume_from)
     else:
-        log.info("autoencoder=%s has nothing to train (identity first stage); exporting it as is", cfg.autoencoder.get("_target_"))
+        log.info(
+            "autoencoder=%s has nothing to train (identity first stage); exporting it as is",
+            cfg.autoencoder.get("_target_"),
+        )
     measure_latent_statistics(system, datamodule)
     metrics: dict[str, Any] = {}
     if system.autoencoder.is_trainable:
@@ -268,7 +271,9 @@ def resolve_resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
     return str(ckpt)
 
 
-def write_run_record(output_dir: Path, kind: str, metrics: dict[str, Any], cfg: DictConfig, autoencoder: Autoencoder) -> None:
+def write_run_record(
+    output_dir: Path, kind: str, metrics: dict[str, Any], cfg: DictConfig, autoencoder: Autoencoder
+) -> None:
     """``metrics.json``: the final metrics, the latent contract of the run's first stage, the resolved config."""
     record = {
         "kind": kind,

@@ -88,12 +88,18 @@ def export_first_stage(autoencoder: Autoencoder, config: dict[str, Any], path: s
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in autoencoder.state_dict().items()}
     atomic_write(path, lambda f: f.write(save(state)))  # safetensors bytes
-    meta = {"autoencoder": config, "latent_scale": float(autoencoder.latent_scale), "latent_shift": float(autoencoder.latent_shift)}
+    meta = {
+        "autoencoder": config,
+        "latent_scale": float(autoencoder.latent_scale),
+        "latent_shift": float(autoencoder.latent_shift),
+    }
     atomic_write_json(path.with_suffix(".json"), meta)
     return path
 
 
-def load_first_stage(autoencoder: Autoencoder, ckpt: str | None, expected_config: dict[str, Any] | None = None) -> Autoencoder:
+def load_first_stage(
+    autoencoder: Autoencoder, ckpt: str | None, expected_config: dict[str, Any] | None = None
+) -> Autoencoder:
     """Load weights + latent scale into ``autoencoder`` and freeze it.
 
     Args:

@@ -151,5 +151,7 @@ class ComputeAccountingCallback(L.Callback):
         out = self.summary(trainer)
         atomic_write_json(self.out_file, out)
         for logger in trainer.loggers:
-            logger.log_metrics({f"compute/{k}": float(v) for k, v in out.items() if isinstance(v, (int, float))},
-                               step=trainer.global_step)
+            logger.log_metrics(
+                {f"compute/{k}": float(v) for k, v in out.items() if isinstance(v, (int, float))},
+                step=trainer.global_step,
+            )

@@ -130,8 +130,13 @@ class GenerativeEvalCallback(L.Callback):
             "eval_time_s": time.time() - t0,
             "extractor": getattr(self.extractor, "weights_label", getattr(self.extractor, "name", "?")),
         }
-        log.info("eval at step %d (%s, %s sampler steps): %s", entry["step"], kind, steps,
-                 {k: round(v, 4) for k, v in results.items()})
+        log.info(
+            "eval at step %d (%s, %s sampler steps): %s",
+            entry["step"],
+            kind,
+            steps,
+            {k: round(v, 4) for k, v in results.items()},
+        )
         return entry
 
     def _log(self, trainer, entry: dict[str, Any], prefix: str) -> None:

@@ -21,7 +21,9 @@ log = logging.getLogger("latentgen")
 
 
 class ImageGridCallback(L.Callback):
-    def __init__(self, every_n_steps: int = 500, num_images: int = 64, out_dir: str = "images", seed: int = 1234) -> None:
+    def __init__(
+        self, every_n_steps: int = 500, num_images: int = 64, out_dir: str = "images", seed: int = 1234
+    ) -> None:
         super().__init__()
         self.every_n_steps = int(every_n_steps)
         self.num_images = int(num_images)
@@ -35,8 +37,12 @@ class ImageGridCallback(L.Callback):
         available = len(trainer.datamodule.dataset("val"))
         n = min(self.num_images, available)
         if n < self.num_images:
-            log.info("image grid: the val split has %d samples, fewer than num_grid_samples=%d; the grid shows %d",
-                     available, self.num_images, n)
+            log.info(
+                "image grid: the val split has %d samples, fewer than num_grid_samples=%d; the grid shows %d",
+                available,
+                self.num_images,
+                n,
+            )
         return trainer.datamodule.fixed_batch(n, split="val")
 
     @rank_zero_only

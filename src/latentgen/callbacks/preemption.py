@@ -73,10 +73,15 @@ class PreemptionCheckpoint(L.Callback):
         self.saved_path = path
         if trainer.is_global_zero:
             log.warning(
-                "stopped by %s after global step %d; wrote %s (resume with ckpt_path=last)", why, trainer.global_step, path
+                "stopped by %s after global step %d; wrote %s (resume with ckpt_path=last)",
+                why,
+                trainer.global_step,
+                path,
             )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if not self.signals:
             return
         received = self._received is not None
@@ -95,4 +100,3 @@ class PreemptionCheckpoint(L.Callback):
         if isinstance(exception, SIGTERMException) and self.saved_path is None and trainer.state.fn == "fit":
             self._save(trainer, "SIGTERM")
         self.teardown(trainer, pl_module, "fit")  # Lightning skips the teardown hooks after an exception
-

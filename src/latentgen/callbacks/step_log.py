@@ -26,7 +26,9 @@ class StepMetricsLog(L.Callback):
         super().__init__()
         self.filename = filename
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if not trainer.is_global_zero:
             return
         row: dict[str, Any] = {"step": int(trainer.global_step), "batch": int(trainer.fit_loop.total_batch_idx)}

@@ -45,7 +45,9 @@ class Conditioning:
 
     def map(self, fn) -> Conditioning:
         """Apply ``fn`` to every tensor field (e.g. ``torch.cat``-ready repeat or ``.to(device)``)."""
-        return Conditioning(**{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name))) for f in fields(self)})
+        return Conditioning(
+            **{f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name))) for f in fields(self)}
+        )
 
     @staticmethod
     def cat(a: Conditioning, b: Conditioning) -> Conditioning:

@@ -34,7 +34,10 @@ class ClassConditioner(Conditioner):
             )
         produced = (0, embed_dim, None) if as_context else (0, None, embed_dim)
         check_declared_dims(
-            "class", (concat_channels, context_dim, vector_dim), produced, f"as_context={as_context}, embed_dim={embed_dim}"
+            "class",
+            (concat_channels, context_dim, vector_dim),
+            produced,
+            f"as_context={as_context}, embed_dim={embed_dim}",
         )
         self.num_classes = int(num_classes)
         self.as_context = as_context

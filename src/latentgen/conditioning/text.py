@@ -61,7 +61,9 @@ def _check_dims(
     name: str, concat_channels: int, context_dim: int | None, vector_dim: int | None, width: int, pooled: bool
 ) -> None:
     check_declared_dims(
-        name, (concat_channels, context_dim, vector_dim), (0, width, width if pooled else None),
+        name,
+        (concat_channels, context_dim, vector_dim),
+        (0, width, width if pooled else None),
         f"encoder width {width}, pooled={pooled}",
     )
 
@@ -322,4 +324,3 @@ __all__ = [
     "read_captions",
     "resolve_text_encoder_dir",
 ]
-

@@ -36,6 +36,7 @@ __all__ = [
     "ImageFolderDataset",
     "PatchesDataset",
     "ShapesDataset",
+    "seed_worker",
 ]
 
 # name -> the module that defines it

@@ -87,4 +87,3 @@ class DigitsDataset(ImageDataset):
             image = self._render(torch.from_numpy(self._images[index : index + 1]))[0]
         label = self._labels[index]
         return {"image": image, "label": label.clone(), "caption": f"a handwritten digit {_DIGIT_WORDS[int(label)]}"}
-

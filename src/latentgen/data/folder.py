@@ -87,9 +87,7 @@ class ImageFolderDataset(ImageDataset):
             raise ConfigError(f"ImageFolderDataset: data.dataset.crop={crop!r}; use 'center' or 'random'.")
         self.crop, self.flip = crop, bool(flip)
         self.val_fraction = check_fraction("ImageFolderDataset", "data.dataset.val_fraction", val_fraction)
-        self.max_bad_fraction = check_fraction(
-            "ImageFolderDataset", "data.dataset.max_bad_fraction", max_bad_fraction
-        )
+        self.max_bad_fraction = check_fraction("ImageFolderDataset", "data.dataset.max_bad_fraction", max_bad_fraction)
         exts = DEFAULT_EXTENSIONS if extensions is None else extensions
         self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in exts)
         self.labels_from_subfolders = bool(labels_from_subfolders)

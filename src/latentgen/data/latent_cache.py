@@ -106,7 +106,12 @@ def build_latent_cache(
 
 
 def load_or_build_latent_cache(
-    first_stage, dataset: Dataset, cache_dir: str | Path, dataset_config: dict[str, Any], split: str = "train", **kwargs: Any
+    first_stage,
+    dataset: Dataset,
+    cache_dir: str | Path,
+    dataset_config: dict[str, Any],
+    split: str = "train",
+    **kwargs: Any,
 ) -> tuple[dict[str, Any], Path]:
     """Load the cache for (first stage, dataset) if it exists and its stored key matches; else build it."""
     key = cache_key(first_stage, dataset_config, split)

@@ -46,7 +46,11 @@ class ResumableDataLoader(DataLoader):
         if not self._resumable:
             return {}
         s = self.sampler
-        return {"epoch": s.epoch, "samples": self._position * s.global_batch_size, "global_batch_size": s.global_batch_size}
+        return {
+            "epoch": s.epoch,
+            "samples": self._position * s.global_batch_size,
+            "global_batch_size": s.global_batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state or not self._resumable:

@@ -123,7 +123,9 @@ def generator_metrics(
     if progress and rank == 0:
         from rich.progress import track
 
-        batches = track(batches, total=math.ceil(num_samples / batch_size), description=f"sampling {num_samples} images")
+        batches = track(
+            batches, total=math.ceil(num_samples / batch_size), description=f"sampling {num_samples} images"
+        )
     for index, batch in batches:
         if index % world != rank:
             continue
@@ -156,5 +158,3 @@ def generator_metrics(
     # Wall seconds per phase: real features (or cache read), sampling, features of the samples, metric math.
     results.update({f"seconds_{phase}": float(v) for phase, v in seconds.items()})
     return results, first
-
-

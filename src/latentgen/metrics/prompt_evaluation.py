@@ -30,7 +30,7 @@ def batch_from_prompts(prompts: str | Sequence[str], num_samples: int = 1) -> di
         prompts = [prompts]
     prompts = [str(p) for p in prompts]
     if not prompts:
-        raise ConfigError("prompt: give at least one prompt (prompt=\"a small red circle at the center\")")
+        raise ConfigError('prompt: give at least one prompt (prompt="a small red circle at the center")')
     if int(num_samples) < 1:
         raise ConfigError(f"num_samples={num_samples} must be >= 1")
     return {"caption": [p for p in prompts for _ in range(int(num_samples))]}
@@ -53,8 +53,6 @@ def check_prompt_supported(conditioner: Any) -> None:
             f"prompt=... alone cannot condition this model: its conditioner ({name}) also needs {others} from the "
             "batch (e.g. a low-res or masked image); evaluate it on the dataset instead of prompts."
         )
-
-
 
 
 @torch.no_grad()

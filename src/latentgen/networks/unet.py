@@ -129,7 +129,9 @@ class UNet(nn.Module):
         attention_resolutions = tuple(int(r) for r in attention_resolutions)
         n_levels = len(ch_mult)
         if n_levels == 0:
-            raise ConfigError("denoiser.ch_mult is empty: give one width multiplier per resolution level, e.g. [1, 2, 4]")
+            raise ConfigError(
+                "denoiser.ch_mult is empty: give one width multiplier per resolution level, e.g. [1, 2, 4]"
+            )
         if num_heads is None and head_channels is None:
             raise ConfigError("denoiser: set one of num_heads or head_channels (both are null)")
         if input_size % 2 ** (n_levels - 1) != 0:
@@ -214,9 +216,7 @@ class UNet(nn.Module):
                 if level != 0 and i == num_res_blocks:
                     up = res(ch * mult, ch * mult, up=True) if resblock_updown else Upsample(ch * mult)
                 self.output_blocks.append(
-                    UNetBlock(
-                        res(c + c_skip, ch * mult), attn(ch * mult) if level in attn_levels else None, up
-                    )
+                    UNetBlock(res(c + c_skip, ch * mult), attn(ch * mult) if level in attn_levels else None, up)
                 )
                 c = ch * mult
 
@@ -287,9 +287,7 @@ class UNet(nn.Module):
                 "set denoiser.context_dim to the token width (${conditioner.context_dim})"
             )
         if context is not None and context.shape[-1] != self.context_dim:
-            raise ConfigError(
-                f"cond.context has width {context.shape[-1]} but denoiser.context_dim={self.context_dim}"
-            )
+            raise ConfigError(f"cond.context has width {context.shape[-1]} but denoiser.context_dim={self.context_dim}")
         if (vector is None) != (self.vector_embed is None):
             if vector is None:
                 raise ConfigError(

@@ -1,4 +1,4 @@
 """Sweeps: one job per setting (latentgen.sweep.job) and the report over a multirun dir.
 
-    python -m latentgen.sweep report multirun/<date>/<time>
+python -m latentgen.sweep report multirun/<date>/<time>
 """

@@ -111,8 +111,13 @@ def read_job(job_dir: Path) -> Job:
     choices = ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
     record = _read_json(job_dir / "metrics.json")
     error_file = job_dir / "error.txt"
-    job = Job(num=num, dir=job_dir, status="unfinished", overrides=[str(o) for o in overrides],
-              choices={str(k): str(v) for k, v in choices.items() if v is not None})
+    job = Job(
+        num=num,
+        dir=job_dir,
+        status="unfinished",
+        overrides=[str(o) for o in overrides],
+        choices={str(k): str(v) for k, v in choices.items() if v is not None},
+    )
     if record is not None:
         job.latent = record.get("latent") or {}
         job.config = record.get("config") or {}
@@ -169,8 +174,10 @@ def collect(sweep_dir: str | Path) -> list[Job]:
         raise ConfigError(
             f"sweep dir '{sweep_dir}' does not exist (give the multirun dir, e.g. multirun/<date>/<time>)"
         )
-    dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
-                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    dirs = sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    )
     jobs = [read_job(d) for d in dirs]
     expected = expected_job_count(sweep_dir)
     seen = {j.num for j in jobs}

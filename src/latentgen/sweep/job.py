@@ -44,8 +44,16 @@ HISTORY_FILE = "eval_history.json"
 # Keys that do not change what a job trains and reports: where it writes, how it logs, the sweep's own
 # bookkeeping, the first-stage checkpoint path (filled in during the run) and callbacks other than the
 # evaluation (checkpointing, progress bars, grids).
-_IGNORED = ("paths", "logger", "hydra", "first_stage.ckpt", "trainer.enable_progress_bar", "sweep.continue_on_error",
-            "sweep.skip_finished", "sweep.group")
+_IGNORED = (
+    "paths",
+    "logger",
+    "hydra",
+    "first_stage.ckpt",
+    "trainer.enable_progress_bar",
+    "sweep.continue_on_error",
+    "sweep.skip_finished",
+    "sweep.group",
+)
 _KEPT_CALLBACKS = ("generative_eval",)
 
 
@@ -181,8 +189,11 @@ def run_sweep_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, fl
         if not diffs and previous.get("config"):
             log.info("sweep job %s finished before with the same config (%s): skipped", output_dir, chash)
             return dict(previous.get("metrics") or {})
-        log.info("sweep job %s: its metrics.json is for another config (differs in %s); training again",
-                 output_dir, ", ".join(diffs[:8]) or "everything")
+        log.info(
+            "sweep job %s: its metrics.json is for another config (differs in %s); training again",
+            output_dir,
+            ", ".join(diffs[:8]) or "everything",
+        )
         # never resume (ckpt_path=auto) from the checkpoints of another config
         ckpts = output_dir / "checkpoints"
         if ckpts.is_dir():
@@ -203,10 +214,23 @@ def run_sweep_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, fl
             raise
         tb = traceback.format_exc()
         (output_dir / ERROR_FILE).write_text(tb)
-        log.error("sweep job %s failed (%s: %s); recorded in %s, the sweep goes on", output_dir, type(e).__name__, e,
-                  output_dir / ERROR_FILE)
-        write_json_rank_zero(metrics_path, {"status": "failed", "error": f"{type(e).__name__}: {e}", "config_hash": chash,
-                              "job": info, "job_wall_time_s": time.time() - start})
+        log.error(
+            "sweep job %s failed (%s: %s); recorded in %s, the sweep goes on",
+            output_dir,
+            type(e).__name__,
+            e,
+            output_dir / ERROR_FILE,
+        )
+        write_json_rank_zero(
+            metrics_path,
+            {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {e}",
+                "config_hash": chash,
+                "job": info,
+                "job_wall_time_s": time.time() - start,
+            },
+        )
         finish_wandb_run(1)
         return {}
     record = read_json(metrics_path) or {"metrics": dict(metrics)}
@@ -216,4 +240,3 @@ def run_sweep_job(cfg: DictConfig, train_fn: Callable[[DictConfig], dict[str, fl
     write_json_rank_zero(metrics_path, record)
     finish_wandb_run(0)
     return metrics
-

@@ -68,8 +68,10 @@ def fid_vs_step(jobs: list[Job], path: Path, metric: str = "fid") -> Path | None
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{metric.upper()} during training (EMA, {_fmt_set(steps_note)} sampler steps, "
-                 f"{_fmt_set(n)} samples) — cf. LDM Fig. 6")
+    fig.suptitle(
+        f"{metric.upper()} during training (EMA, {_fmt_set(steps_note)} sampler steps, "
+        f"{_fmt_set(n)} samples) — cf. LDM Fig. 6"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -91,8 +93,14 @@ def fid_vs_throughput(jobs: list[Job], path: Path) -> Path | None:
         if not pts:
             continue
         x, y, s = zip(*pts)
-        ax.plot(x, y, marker="o", color=colors.get(j.f), label=_series_label(j, multi),
-                linestyle="--" if multi and j.objective != sorted({k.objective for k in ok})[0] else "-")
+        ax.plot(
+            x,
+            y,
+            marker="o",
+            color=colors.get(j.f),
+            label=_series_label(j, multi),
+            linestyle="--" if multi and j.objective != sorted({k.objective for k in ok})[0] else "-",
+        )
         for xi, yi, si in pts:
             ax.annotate(str(si), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
@@ -119,8 +127,9 @@ def reconstruction_vs_f(jobs: list[Job], path: Path) -> Path | None:
     plt = _plt()
     fs = sorted(rows)
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
-    for ax, (key, name) in zip(axes, [("rfid", "rFID"), ("psnr_mean", "PSNR (dB)"), ("ssim_mean", "SSIM"),
-                                      ("lpips_mean", "LPIPS")]):
+    for ax, (key, name) in zip(
+        axes, [("rfid", "rFID"), ("psnr_mean", "PSNR (dB)"), ("ssim_mean", "SSIM"), ("lpips_mean", "LPIPS")]
+    ):
         vals = [rows[f].get(key) for f in fs]
         # an exact first stage (identity, f=1) has PSNR "infinity" (capped at 100 dB): left out of that panel
         pts = [(f, v) for f, v in zip(fs, vals) if _finite(v) and not (key == "psnr_mean" and v >= 99.0)]

@@ -113,10 +113,24 @@ def render_markdown(sweep_dir: Path, jobs: list[Job], plots: dict[str, Path], ou
     rows = []
     for j in ok:
         rec = j.reconstruction
-        rows.append([j.label, j.objective, j.latent_shape, rec.get("rfid"), _psnr(rec), rec.get("ssim_mean"),
-                     rec.get("lpips_mean"), j.first_stage.get("train_wall_time_s")])
-    parts += ["## First stage: reconstruction (cf. LDM Tab. 8)", "",
-              _table(["f", "objective", "z-shape", "rFID", "PSNR", "SSIM", "LPIPS", "AE train s"], rows), ""]
+        rows.append(
+            [
+                j.label,
+                j.objective,
+                j.latent_shape,
+                rec.get("rfid"),
+                _psnr(rec),
+                rec.get("ssim_mean"),
+                rec.get("lpips_mean"),
+                j.first_stage.get("train_wall_time_s"),
+            ]
+        )
+    parts += [
+        "## First stage: reconstruction (cf. LDM Tab. 8)",
+        "",
+        _table(["f", "objective", "z-shape", "rFID", "PSNR", "SSIM", "LPIPS", "AE train s"], rows),
+        "",
+    ]
 
     steps = sorted({e["step"] for j in ok for e in j.milestones})
     samp = sorted({e.get("sampling_steps") for j in ok for e in j.milestones if e.get("sampling_steps")})
@@ -124,40 +138,113 @@ def render_markdown(sweep_dir: Path, jobs: list[Job], plots: dict[str, Path], ou
     for j in ok:
         by_step = {e["step"]: e["metrics"] for e in j.milestones}
         rows.append([j.label, j.objective] + [(by_step.get(s) or {}).get("fid") for s in steps])
-    parts += [f"## FID during training (cf. LDM Fig. 6; {'/'.join(map(str, samp))} sampler steps)", "",
-              _table(["f", "objective"] + [f"step {s}" for s in steps], rows), ""]
+    parts += [
+        f"## FID during training (cf. LDM Fig. 6; {'/'.join(map(str, samp))} sampler steps)",
+        "",
+        _table(["f", "objective"] + [f"step {s}" for s in steps], rows),
+        "",
+    ]
     rows = []
     for j in ok:
         for e in j.milestones:
             m = e["metrics"]
-            rows.append([j.label, j.objective, e["step"], m.get("fid"), m.get("precision"), m.get("recall"),
-                         m.get("density"), m.get("coverage"), e.get("wall_time_s")])
-    parts += ["### All milestone metrics", "",
-              _table(["f", "objective", "step", "FID", "precision", "recall", "density", "coverage", "wall s"], rows),
-              ""]
+            rows.append(
+                [
+                    j.label,
+                    j.objective,
+                    e["step"],
+                    m.get("fid"),
+                    m.get("precision"),
+                    m.get("recall"),
+                    m.get("density"),
+                    m.get("coverage"),
+                    e.get("wall_time_s"),
+                ]
+            )
+    parts += [
+        "### All milestone metrics",
+        "",
+        _table(["f", "objective", "step", "FID", "precision", "recall", "density", "coverage", "wall s"], rows),
+        "",
+    ]
 
     rows = []
     for j in ok:
         for e in j.finals:
             m = e["metrics"]
-            rows.append([j.label, j.objective, e.get("sampling_steps"), e.get("nfe"), m.get("fid"), m.get("precision"),
-                         m.get("recall"), m.get("density"), m.get("coverage"), e.get("sampling_images_per_s")])
+            rows.append(
+                [
+                    j.label,
+                    j.objective,
+                    e.get("sampling_steps"),
+                    e.get("nfe"),
+                    m.get("fid"),
+                    m.get("precision"),
+                    m.get("recall"),
+                    m.get("density"),
+                    m.get("coverage"),
+                    e.get("sampling_images_per_s"),
+                ]
+            )
     if rows:
-        parts += ["## Final EMA model vs sampling steps (cf. LDM Fig. 7)", "",
-                  _table(["f", "objective", "steps", "NFE", "FID", "precision", "recall", "density", "coverage",
-                          "sampling img/s"], rows), ""]
+        parts += [
+            "## Final EMA model vs sampling steps (cf. LDM Fig. 7)",
+            "",
+            _table(
+                [
+                    "f",
+                    "objective",
+                    "steps",
+                    "NFE",
+                    "FID",
+                    "precision",
+                    "recall",
+                    "density",
+                    "coverage",
+                    "sampling img/s",
+                ],
+                rows,
+            ),
+            "",
+        ]
 
     rows = []
     for j in ok:
         c = j.compute
-        rows.append([j.label, j.objective, c.get("params_denoiser"), (c.get("flops_per_image") or 0) / 1e9 or None,
-                     c.get("global_batch_size"), c.get("train_images_per_s"),
-                     (c.get("train_images_per_s") or 0) / max(1, c.get("global_batch_size") or 1) or None,
-                     c.get("peak_cpu_rss_mb"), c.get("peak_accelerator_memory_mb"),
-                     (c.get("job_wall_time_s") or 0) / 60 or None])
-    parts += ["## Compute", "",
-              _table(["f", "objective", "denoiser params", "GFLOP/img (train fwd+bwd)", "batch", "train img/s",
-                      "train steps/s", "peak RSS MB", "peak accel. MB", "job wall min"], rows), ""]
+        rows.append(
+            [
+                j.label,
+                j.objective,
+                c.get("params_denoiser"),
+                (c.get("flops_per_image") or 0) / 1e9 or None,
+                c.get("global_batch_size"),
+                c.get("train_images_per_s"),
+                (c.get("train_images_per_s") or 0) / max(1, c.get("global_batch_size") or 1) or None,
+                c.get("peak_cpu_rss_mb"),
+                c.get("peak_accelerator_memory_mb"),
+                (c.get("job_wall_time_s") or 0) / 60 or None,
+            ]
+        )
+    parts += [
+        "## Compute",
+        "",
+        _table(
+            [
+                "f",
+                "objective",
+                "denoiser params",
+                "GFLOP/img (train fwd+bwd)",
+                "batch",
+                "train img/s",
+                "train steps/s",
+                "peak RSS MB",
+                "peak accel. MB",
+                "job wall min",
+            ],
+            rows,
+        ),
+        "",
+    ]
     if plots:
         parts += ["## Plots", ""]
         for name, path in plots.items():
@@ -167,8 +254,14 @@ def render_markdown(sweep_dir: Path, jobs: list[Job], plots: dict[str, Path], ou
     return "\n".join(parts) + "\n"
 
 
-def log_to_wandb(jobs: list[Job], rows: list[dict[str, Any]], plots: dict[str, Path], out_dir: Path,
-                 project: str | None = None, group: str | None = None) -> str | None:
+def log_to_wandb(
+    jobs: list[Job],
+    rows: list[dict[str, Any]],
+    plots: dict[str, Path],
+    out_dir: Path,
+    project: str | None = None,
+    group: str | None = None,
+) -> str | None:
     """The summary as a W&B table and the plots as images, in the sweep's group (offline without a key)."""
     import wandb
 

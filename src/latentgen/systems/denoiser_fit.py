@@ -55,7 +55,11 @@ def denoiser_mismatches(
             f"denoiser.out_channels={declared('out_channels')} but the objective needs {latent_channels} latent "
             f"channels{why}: expected {want_out}"
         )
-    if latent_size is not None and declared("input_size") is not None and int(declared("input_size")) != int(latent_size):
+    if (
+        latent_size is not None
+        and declared("input_size") is not None
+        and int(declared("input_size")) != int(latent_size)
+    ):
         problems.append(
             f"denoiser.input_size={declared('input_size')} but the latents are {latent_size}x{latent_size} "
             "(data.resolution // autoencoder downsample factor)"
@@ -67,7 +71,9 @@ def denoiser_mismatches(
     return problems
 
 
-def check_denoiser_fits(first_stage: Any, denoiser: Any, conditioner: Any, objective: Any, image_size: int | None) -> None:
+def check_denoiser_fits(
+    first_stage: Any, denoiser: Any, conditioner: Any, objective: Any, image_size: int | None
+) -> None:
     """Raise a :class:`ConfigError` naming every mismatch between the denoiser and the latents it gets."""
     latent_size = None
     if image_size is not None:

@@ -157,7 +157,9 @@ class LatentGenerativeSystem(L.LightningModule):
                 check_finite(loss, what="latent model loss", step=self.global_step, batch_idx=batch_idx, force=True)
             self.skipped_steps += 1
             self._skipped = True
-            rank_zero_warn(f"latent model loss is not finite at global step {self.global_step}; skipped (nonfinite=skip)")
+            rank_zero_warn(
+                f"latent model loss is not finite at global step {self.global_step}; skipped (nonfinite=skip)"
+            )
             self.log("train/skipped_steps", float(self.skipped_steps))
             return None  # Lightning skips backward and the optimizer step
         self._skipped = False
@@ -252,4 +254,3 @@ class LatentGenerativeSystem(L.LightningModule):
     def grid_nrow(num_images: int) -> int:
         """Images per grid row: a square grid."""
         return max(1, int(math.sqrt(num_images)))
-

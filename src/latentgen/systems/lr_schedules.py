@@ -18,4 +18,3 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, fin
         return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
-
