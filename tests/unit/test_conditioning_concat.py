@@ -8,13 +8,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.utils.data import default_collate
 
-from latentgen.conditioning.concat import (
-    EmbeddedSemanticMapConditioner,
-    EncodedLowResConditioner,
-    InpaintingConditioner,
-    LowResConditioner,
-    SemanticMapConditioner,
-)
+from latentgen.conditioning.inpainting import InpaintingConditioner
+from latentgen.conditioning.semantic import EmbeddedSemanticMapConditioner, SemanticMapConditioner
+from latentgen.conditioning.superres import EncodedLowResConditioner, LowResConditioner
 from latentgen.conditioning.masks import box_mask, centre_box_masks, random_masks, stroke_mask
 from latentgen.data.shapes import ShapesDataset
 from latentgen.errors import ConfigError, DataError

@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from latentgen.conditioning.base import Conditioner, Conditioning
-from latentgen.conditioning.concat import LowResConditioner
+from latentgen.conditioning.superres import LowResConditioner
 from latentgen.conditioning.multi import MultiConditioner, merge_conditionings
 from latentgen.conditioning.text import TransformerTextConditioner
 from latentgen.conditioning.tokenizers import WordTokenizer

@@ -122,6 +122,33 @@ def build_system(cfg: DictConfig, first_stage_ckpt: str | None = None, *, check_
     return build_latent_system(cfg, first_stage_ckpt, check_config=check_config)
 
 
+# Classes that moved since a checkpoint may have been written: old `_target_` -> today's (exact strings only).
+MOVED_TARGETS = {
+    f"latentgen.conditioning.concat.{name}": f"latentgen.conditioning.{module}.{name}"
+    for module, names in {
+        "superres": ("LowResConditioner", "EncodedLowResConditioner"),
+        "inpainting": ("InpaintingConditioner",),
+        "semantic": ("SemanticMapConditioner", "EmbeddedSemanticMapConditioner"),
+    }.items()
+    for name in names
+}
+
+
+def rename_moved_targets(node: Any) -> None:
+    """Replace, in place, every ``_target_`` of a stored config that names a class by its old module path."""
+    if isinstance(node, DictConfig):
+        target = node.get("_target_") if "_target_" in node else None
+        if isinstance(target, str) and target in MOVED_TARGETS:
+            node["_target_"] = MOVED_TARGETS[target]
+        for key in node.keys():
+            if OmegaConf.is_interpolation(node, str(key)):
+                continue
+            rename_moved_targets(node[key])
+    elif OmegaConf.is_list(node):
+        for item in node:
+            rename_moved_targets(item)
+
+
 def upgrade_stored_config(stored: DictConfig) -> None:
     """Bring the config of an autoencoder checkpoint written by an earlier latentgen to today's layout, in
     place: the discriminator moved from ``model.loss.discriminator`` to ``model.discriminator`` (the weights'
@@ -156,6 +183,7 @@ def load_system_from_checkpoint(path: str | os.PathLike, overrides: dict[str, An
     stored = OmegaConf.create(ckpt[CONFIG_KEY])
     for key, value in (overrides or {}).items():
         OmegaConf.update(stored, key, value, merge=False, force_add=True)
+    rename_moved_targets(stored)  # exact old paths of moved classes only; the allow-list check follows
     for node in SYSTEM_NODES:
         if node in stored:
             check_targets(stored[node], f"checkpoint '{path}': {node}")
