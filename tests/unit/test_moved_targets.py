@@ -12,7 +12,9 @@ from latentgen.config import check_targets
 
 @pytest.mark.parametrize("old, new", sorted(MOVED_TARGETS.items()))
 def test_a_stored_target_of_a_moved_class_is_renamed_and_admitted(old, new):
-    stored = OmegaConf.create({"model": {"conditioner": {"_target_": old, "drop_prob": 0.1}}, "other": [{"_target_": old}]})
+    stored = OmegaConf.create(
+        {"model": {"conditioner": {"_target_": old, "drop_prob": 0.1}}, "other": [{"_target_": old}]}
+    )
     rename_moved_targets(stored)
     assert stored.model.conditioner._target_ == new and stored.other[0]._target_ == new
     check_targets(stored.model, "test")  # admitted: importable and a Conditioner
