@@ -73,14 +73,14 @@ def test_basic_launcher_sweep_reports_skips_finished_jobs_and_survives_a_failure
         assert history["evals"][0]["seconds"]["sampling"] > 0  # phase times beside, not among, the metrics
         assert not any(k.startswith("seconds") for k in history["evals"][0]["metrics"])
         assert history["reconstruction"]["metrics"]["psnr_mean"] > 0
-        assert f"f={f}" in record["config"]["logger"]["tags"]
+        assert f"ldm=f{f}" in record["config"]["logger"]["tags"]  # the group choices of its overrides
     assert _record(ok)["config"]["logger"]["group"] == "f_sweep-2026-01-01_00-00-00"
     assert _record(failed)["status"] == "failed" and "not divisible" in (failed / "error.txt").read_text()
 
     md = _report(sweep_dir, tmp_path)
     assert "1 ok, 1 failed" in md
     assert "| f=1 | ddpm_eps |" in md
-    assert "| 1 | f=32 | ddpm_eps | failed | ConfigError" in md
+    assert "| 1 | ldm=f32 | ddpm_eps | failed | ConfigError" in md  # no latent contract: named by its choice
 
     # Re-running the same sweep into the same dir trains nothing again (the failed job is tried again).
     before = (ok / "metrics.json").stat().st_mtime_ns

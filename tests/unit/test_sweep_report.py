@@ -123,8 +123,8 @@ def test_collect_names_every_job_status(sweep):
     assert [j.label for j in jobs] == [
         "f=1",
         "f=4",
-        "ldm=f8, experiment=f_sweep",
-        "ldm=f16, experiment=f_sweep",
+        "ldm=f8",
+        "ldm=f16",
         "job 4",
     ]
     assert "ch_mult is empty" in jobs[2].error

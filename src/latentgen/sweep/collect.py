@@ -56,7 +56,11 @@ class Job:
         overrides made (``ldm=f16``), else its number."""
         if self.f is not None:
             return f"f={self.f}"
-        chosen = [o.lstrip("+~") for o in self.overrides if o.partition("=")[0].lstrip("+~") in self.choices]
+        chosen = [
+            o.lstrip("+~")
+            for o in self.overrides
+            if o.partition("=")[0].lstrip("+~") in self.choices and not o.lstrip("+~").startswith("experiment=")
+        ]  # the experiment is the sweep's own, the same for every job
         return ", ".join(chosen) or f"job {self.num}"
 
     @property
