@@ -200,7 +200,9 @@ def test_ddp_two_processes_train_like_one_process_with_the_same_global_batch(set
     b = read_latentgen_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
     assert a.keys() == b.keys()
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
-    assert worst < 1e-4, f"DDP and one process differ by {worst}"
+    print(f"DDP vs one process: max weight difference {worst:.3g}")
+    # measured 6.2e-6 (Intel Xeon) and 4.6e-6 (AMD EPYC): float32 gradient sums in another order
+    assert worst < 2e-5, f"DDP and one process differ by {worst}"
     moved = max((a[k] - b0).abs().max().item() for k, b0 in _initial_denoiser(setup).items())
     assert moved > 100 * max(worst, 1e-9), "the weights hardly moved: the comparison would prove nothing"
     assert "DDP ranks agree" in out  # RankConsistencyCheck: weights, EMA and buffers equal on both ranks
