@@ -1,5 +1,7 @@
 """Latent regularizers of the first stage: KL (diagonal Gaussian), VQ (vector quantization), identity.
 
+(Over 400 lines: the three regularizers implement one small interface and are meant to be read side by side.)
+
 All share one small interface (:class:`Regularizer`):
 
 - ``moments_factor`` (class attribute): channels the encoder emits per latent channel (KL 2, VQ 1, identity 1).
