@@ -62,3 +62,25 @@ def test_diffusers_autoencoder_without_a_path_says_what_to_give(tmp_path):
     )
     with pytest.raises(Exception, match="missing' does not exist.*config.json and diffusion_pytorch_model.safetensors"):
         train(cfg)  # raised while the run config is resolved, before anything is built
+
+
+def test_autoencoder_run_on_a_pretrained_vae_measures_it_without_training_it(tmp_path):
+    """``model=autoencoder autoencoder=diffusers``: no training and no re-measured latent scale (config.json's
+    stays); the validation reconstruction metrics, ``last.ckpt`` (which evaluate.py measures) and the export."""
+    from latentgen.app.evaluation import evaluate as run_evaluation
+
+    vae_dir = make_diffusers_vae(tmp_path / "sd-vae-tiny", scaling_factor=0.13025)
+    overrides = [*FAST, *TINY_DATA, "data=shapes", "model=autoencoder", "autoencoder=diffusers"]
+    cfg = compose_config([*overrides, f"first_stage.path={vae_dir}"], output_dir=str(tmp_path / "run"))
+    metrics = train(cfg)
+    assert metrics["global_step"] == 0 and metrics["val/psnr"] > -100
+    assert metrics["latent_scale"] == pytest.approx(0.13025) and metrics["latent_shift"] == 0.0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and (tmp_path / "run" / "checkpoints" / "autoencoder.safetensors").is_file()
+    eval_cfg = compose_config(
+        [f"ckpt={ckpt}", "logger=none", "num_samples=8", "batch_size=8"],
+        config_name="evaluate",
+        output_dir=str(tmp_path / "eval"),
+    )
+    record = run_evaluation(eval_cfg)
+    assert record["latent"]["pretrained"] == "sd-vae-tiny" and "psnr_mean" in record["metrics"]
