@@ -1,0 +1,1 @@
+"""Weight mappings to and from other libraries' model formats (diffusers)."""
