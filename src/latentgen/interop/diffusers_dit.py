@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from latentgen.errors import ConfigError
+from latentgen.networks.dit import DiT
 
 _EMB = "transformer_blocks.{i}.norm1.emb."
 _CLASS_TABLE = "class_embedder.embedding_table.weight"
@@ -130,10 +131,8 @@ def dit_state_to_diffusers(
     return out
 
 
-def dit_from_diffusers(model: Any) -> tuple[Any, torch.Tensor]:
+def dit_from_diffusers(model: Any) -> tuple[DiT, torch.Tensor]:
     """A diffusers ``DiTTransformer2DModel`` -> (latentgen DiT with its weights, class table for the conditioner)."""
-    from latentgen.networks.dit import DiT
-
     kwargs = dit_kwargs_from_diffusers_config(dict(model.config))
     dit = DiT(**kwargs)
     state, table = dit_state_from_diffusers(model.state_dict(), kwargs["depth"])
@@ -141,11 +140,11 @@ def dit_from_diffusers(model: Any) -> tuple[Any, torch.Tensor]:
     return dit, table
 
 
-def dit_to_diffusers(dit: Any, class_table: torch.Tensor) -> Any:
+def dit_to_diffusers(dit: DiT, class_table: torch.Tensor) -> Any:
     """A latentgen DiT (+ the class conditioner's table) -> a diffusers ``DiTTransformer2DModel`` (fp32)."""
     from diffusers import DiTTransformer2DModel
 
-    if getattr(dit, "vector_dim", None) != dit.hidden_size or not isinstance(dit.vector_embed, torch.nn.Identity):
+    if dit.vector_dim != dit.hidden_size or not isinstance(dit.vector_embed, torch.nn.Identity):
         raise ConfigError("only a DiT with vector_dim = hidden_size and vector_projection=false exports to diffusers")
     if dit.t_embedder.freq_shift != 1.0:
         raise ConfigError(
