@@ -34,6 +34,17 @@ from latentgen.nn.dit_blocks import (
 )
 
 
+def _zero(layer: nn.Module) -> None:
+    assert isinstance(layer, nn.Linear)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+def _normal(layer: nn.Module) -> None:
+    assert isinstance(layer, nn.Linear)
+    nn.init.normal_(layer.weight, std=0.02)
+
+
 class DiT(nn.Module):
     """Diffusion transformer: ``forward(x_t, t, cond) -> (B, out_channels, S, S)``.
 
@@ -129,20 +140,17 @@ class DiT(nn.Module):
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a Linear on the flattened patch
         nn.init.zeros_(self.x_embedder.proj.bias)  # type: ignore[arg-type]  # Conv2d(bias=True)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        _normal(self.t_embedder.mlp[0])
+        _normal(self.t_embedder.mlp[2])
         if isinstance(self.vector_embed, nn.Linear):
-            nn.init.normal_(self.vector_embed.weight, std=0.02)
+            _normal(self.vector_embed)
         for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)  # adaLN-Zero: every block starts as the identity
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            assert isinstance(block, DiTBlock)
+            _zero(block.adaLN_modulation[-1])  # adaLN-Zero: every block starts as the identity
             if block.cross_attn is not None:  # PixArt-alpha: the cross-attention starts as zero too
-                nn.init.zeros_(block.cross_attn.to_out.weight)
-                nn.init.zeros_(block.cross_attn.to_out.bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)  # the network starts as the zero function
-        nn.init.zeros_(self.final_layer.linear.bias)
+                _zero(block.cross_attn.to_out)
+        _zero(self.final_layer.adaLN_modulation[-1])
+        _zero(self.final_layer.linear)  # the network starts as the zero function
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         """x_t: (B, C_lat, S, S); t: (B,) or () float in [0, 1]; cond: optional Conditioning.
