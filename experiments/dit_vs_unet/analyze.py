@@ -112,6 +112,18 @@ def plots(jobs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def samples(multirun: Path, jobs: list[dict], out: Path) -> None:
+    """The final EMA sample grid of every job side by side (36 samples each)."""
+    fig, axes = plt.subplots(1, len(jobs), figsize=(4 * len(jobs), 4.3), squeeze=False)
+    for ax, j in zip(axes[0], jobs):
+        ax.imshow(plt.imread(multirun / j["job"] / "images" / "final.png"), cmap="gray")
+        ax.set_title(j["name"])
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("multirun", type=Path)
@@ -122,6 +134,7 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(jobs, indent=1))
     (args.out / "results.md").write_text(markdown(jobs))
     plots(jobs, args.out)
+    samples(args.multirun, jobs, args.out)
     print(markdown(jobs))
 
 
