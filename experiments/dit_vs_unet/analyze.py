@@ -51,10 +51,14 @@ def read_job(job: Path) -> dict | None:
         for e in sorted(h.get("final", []), key=lambda e: e["sampling_steps"])
     ]
     rec = (h.get("reconstruction") or {}).get("metrics") or {}
+    lr = next(
+        (o.split("=", 1)[1] for o in (line.lstrip("- ") for line in overrides) if o.startswith("model.optimizer.lr=")),
+        None,
+    )
     return {
         "job": job.name,
         "ldm": ldm,
-        "name": NAMES.get(ldm, ldm),
+        "name": NAMES.get(ldm, ldm) + (f" (lr {lr})" if lr else ""),
         "latent_shape": compute.get("latent_shape") or m.get("latent", {}).get("latent_shape"),
         "params": compute.get("params_denoiser"),
         "batch": batch,
@@ -114,13 +118,13 @@ def plots(jobs: list[dict], out: Path) -> None:
 
 def samples(multirun: Path, jobs: list[dict], out: Path) -> None:
     """The final EMA sample grid of every job side by side (36 samples each)."""
-    fig, axes = plt.subplots(1, len(jobs), figsize=(4 * len(jobs), 4.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(jobs), figsize=(3 * len(jobs), 3.3), squeeze=False)
     for ax, j in zip(axes[0], jobs):
         ax.imshow(plt.imread(multirun / j["job"] / "images" / "final.png"), cmap="gray")
         ax.set_title(j["name"])
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=100)
+    fig.savefig(out / "samples.png", dpi=80)
     plt.close(fig)
 
 
