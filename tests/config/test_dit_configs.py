@@ -74,3 +74,12 @@ def test_f_sweep_runs_with_a_dit_and_its_f_by_p_pairs_have_equal_tokens_and_size
         n = sum(q.numel() for q in net.parameters())
         assert abs(n / unet_params - 1) < 0.15, (option, n, unet_params)
         net(torch.randn(1, net.in_channels, net.input_size, net.input_size), torch.rand(1), Conditioning())
+
+
+def test_a_dit_that_does_not_fit_the_latents_is_named_by_the_contract_check():
+    from latentgen.systems.denoiser_fit import denoiser_mismatches
+
+    cfg = compose_config(["experiment=dit_digits", "denoiser=dit_tiny", "denoiser.input_size=16"])
+    net = instantiate(cfg.denoiser)
+    problems = denoiser_mismatches(denoiser=net, latent_channels=3, latent_size=8, learn_variance=True, vector_dim=64)
+    assert len(problems) == 1 and "input_size=16" in problems[0]
