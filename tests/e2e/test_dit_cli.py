@@ -9,20 +9,27 @@ import pytest
 from tests.helpers import CLI_TINY as TINY
 from tests.helpers import run_cli
 
-TINY_DIT = ["denoiser=dit_tiny", "first_stage.trainer.max_steps=4", "first_stage.trainer.val_check_interval=4"]
+FIRST_STAGE = ["first_stage.trainer.max_steps=4", "first_stage.trainer.val_check_interval=4"]
+TINY_DIT = ["denoiser=dit_tiny", *FIRST_STAGE]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "experiment, sampler",
-    [("dit_digits", "sampler.steps=4"), ("sit_digits", "sampler.steps=4"), ("sit_digits", "sampler=dopri5")],
+    "args",
+    [
+        ["experiment=dit_digits", "sampler.steps=4", *TINY_DIT],  # DDPM with the learned variance
+        ["experiment=sit_digits", "sampler.steps=4", *TINY_DIT],  # SiT: Heun
+        ["experiment=sit_digits", "sampler=dopri5", *TINY_DIT],  # adaptive, no step count
+        # the published DiT-S/2 (33M) from the plain defaults: unconditional, DDPM on the scaled-linear schedule
+        ["denoiser=dit_s", "denoiser.patch_size=2", "sampler.steps=2", *FIRST_STAGE],
+    ],
+    ids=["dit_digits", "sit_heun", "sit_dopri5", "dit_s_p2"],
 )
-def test_dit_and_sit_train_and_sample_through_the_cli(tmp_path, experiment, sampler):
-    """DiT: DDPM with the learned variance; SiT: Heun, and the adaptive dopri5 (no step count)."""
+def test_dit_and_sit_train_and_sample_through_the_cli(tmp_path, args):
     run_dir = tmp_path / "run"
     proc = run_cli(
-        ["train.py", f"experiment={experiment}", sampler, "logger=none"]
-        + ["trainer.max_steps=3", "trainer.val_check_interval=3", *TINY, *TINY_DIT, f"hydra.run.dir={run_dir}"],
+        ["train.py", *args, "logger=none", "trainer.max_steps=3", "trainer.val_check_interval=3", *TINY]
+        + [f"hydra.run.dir={run_dir}"],
         tmp_path,
     )
     assert proc.returncode == 0
