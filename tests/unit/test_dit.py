@@ -140,7 +140,8 @@ TABLE1 = {
 
 @pytest.mark.parametrize("name", list(TABLE1))
 def test_published_sizes_match_dit_table1_on_the_meta_device(name):
-    """Parameters within 1.5% (the paper rounds to 3 digits) and GFLOPs within 1%.
+    """Parameters within 1% (the paper rounds: measured 32.87M, 130.32M, 457.84M, 674.83M) and GFLOPs within 0.5%
+    (measured 6.06, 23.01, 80.70, 118.62).
 
     The class-conditional DiT/2 with learned variance (out 8 channels) plus the 1000 + 1 class table of the
     class conditioner (DiT's LabelEmbedder; the fixed position embedding is not a parameter here). FLOPs are
@@ -152,8 +153,8 @@ def test_published_sizes_match_dit_table1_on_the_meta_device(name):
         net = DiT(4, 8, 32, 2, hidden, depth, heads, vector_dim=hidden, vector_projection=False)
         x, t, vec = torch.randn(1, 4, 32, 32), torch.rand(1), torch.randn(1, hidden)
     n_params = sum(p.numel() for p in net.parameters()) + 1001 * hidden
-    assert abs(n_params / 1e6 - params_m) / params_m < 0.015, n_params
+    assert abs(n_params / 1e6 - params_m) / params_m < 0.01, n_params
     with FlopCounterMode(display=False) as counter:
         net(x, t, Conditioning(vector=vec))
     measured = counter.get_total_flops() / 2 / 1e9
-    assert abs(measured - gflops) / gflops < 0.01, measured
+    assert abs(measured - gflops) / gflops < 0.005, measured
