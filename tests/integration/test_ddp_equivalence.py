@@ -53,9 +53,7 @@ def _batch() -> dict[str, torch.Tensor]:
     return default_collate([ds[i] for i in range(GLOBAL_BATCH)])
 
 
-def _loss_and_grads(
-    case: str, first_stage: str, rank: int, world: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _loss_and_grads(case: str, first_stage: str, rank: int, world: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This rank's loss and gradients, on rows rank*B .. rank*B + B - 1 of the global batch."""
     system = _system(case, first_stage)
     b = GLOBAL_BATCH // world
