@@ -151,8 +151,8 @@ def dit_to_diffusers(dit: DiT, class_table: torch.Tensor) -> Any:
             "diffusers' DiT computes its time frequencies with a shift of 1 (time_freq_shift=1); this DiT uses "
             f"{dit.t_embedder.freq_shift}: the exported model would not compute the same function"
         )
-    heads = dit.blocks[0].attn.heads
-    model = DiTTransformer2DModel(
+    heads = dit.num_heads
+    model: Any = DiTTransformer2DModel(
         num_attention_heads=heads,
         attention_head_dim=dit.hidden_size // heads,
         in_channels=dit.in_channels,
@@ -161,7 +161,7 @@ def dit_to_diffusers(dit: DiT, class_table: torch.Tensor) -> Any:
         sample_size=dit.input_size,
         patch_size=dit.patch_size,
         num_embeds_ada_norm=class_table.shape[0] - 1,
-        norm_eps=dit.blocks[0].norm2.eps,
+        norm_eps=dit.mlp_norm_eps,
     )
     state = dit_state_to_diffusers(dit.state_dict(), class_table, len(dit.blocks))
     missing, unexpected = model.load_state_dict(state, strict=False)

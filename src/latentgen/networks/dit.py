@@ -107,7 +107,7 @@ class DiT(nn.Module):
             )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.input_size, self.patch_size = input_size, patch_size
-        self.hidden_size = hidden_size
+        self.hidden_size, self.num_heads, self.mlp_norm_eps = hidden_size, num_heads, mlp_norm_eps
         self.context_dim, self.vector_dim = context_dim, vector_dim
         self.gradient_checkpointing = gradient_checkpointing
         self.grid = input_size // patch_size

@@ -94,7 +94,7 @@ class DiTTimestepEmbedder(nn.Module):
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2*half)
         if self.freq_dim % 2:
             emb = F.pad(emb, (0, 1))  # (B, freq_dim)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (B, dim)
+        return self.mlp(emb.to(next(self.mlp.parameters()).dtype))  # (B, dim)
 
 
 class QKVAttention(nn.Module):
