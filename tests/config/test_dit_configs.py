@@ -83,3 +83,24 @@ def test_a_dit_that_does_not_fit_the_latents_is_named_by_the_contract_check():
     net = instantiate(cfg.denoiser)
     problems = denoiser_mismatches(denoiser=net, latent_channels=3, latent_size=8, learn_variance=True, vector_dim=64)
     assert len(problems) == 1 and "input_size=16" in problems[0]
+
+
+@pytest.mark.parametrize("conditioner", ["text", "superres", "class"])
+def test_dit_takes_every_kind_of_conditioning_from_the_configs(conditioner):
+    """Text tokens through cross-attention, concatenated channels through in_channels, class tokens as context."""
+    cfg = compose_config(["data=shapes", "denoiser=dit_tiny", f"conditioner={conditioner}"])
+    net, cond_model = instantiate(cfg.denoiser), instantiate(cfg.conditioner)
+    res = cfg.data.resolution
+    batch = {"caption": ["a red circle", "a blue square"], "image": torch.rand(2, 3, res, res) * 2 - 1}
+    batch["label"] = torch.tensor([0, 1])
+    cond = cond_model.encode(batch, drop_mask=None)
+    x = torch.randn(2, cfg.autoencoder.latent_channels, net.input_size, net.input_size)
+    with torch.no_grad():
+        for p in net.parameters():  # past the zero initialisation, so the condition reaches the output
+            p.normal_(0, 0.05)
+    t = torch.rand(2)
+    out = net(x, t, cond)
+    assert out.shape == (2, net.out_channels, net.input_size, net.input_size)
+    other = cond_model.encode({**batch, "caption": batch["caption"][::-1], "image": batch["image"].flip(0),
+                               "label": batch["label"].flip(0)}, drop_mask=None)  # fmt: skip
+    assert not torch.allclose(net(x, t, other), out)
