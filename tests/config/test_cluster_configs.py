@@ -102,6 +102,29 @@ def test_slurm_environment_is_detected_and_gives_the_ranks(monkeypatch, restored
     assert env.main_address == "gpu17"
 
 
+def test_inside_slurm_the_trainer_has_one_preemption_mechanism(monkeypatch, restored_process_state, tmp_path):
+    """In a SLURM job Lightning's auto-requeue (SIGUSR1: an hpc_ckpt written inside the signal handler, resumed
+    without ckpt_path in a new W&B run) is off; latentgen's PreemptionCheckpoint and ckpt_path=auto requeue."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from latentgen.app.building import build_trainer
+
+    for k, v in {**SLURM_ENV, "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("SLURM_LOCALID", "SLURM_NODEID"):
+        monkeypatch.setenv(k, "0")
+    cfg = compose_config(["logger=none"], output_dir=str(tmp_path))
+    trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=None)
+    env = trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
+    assert any(type(cb).__name__ == "PreemptionCheckpoint" for cb in trainer.callbacks)
+    for k in list(os.environ):
+        if k.startswith("SLURM_"):
+            monkeypatch.delenv(k)
+    trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=None)  # outside SLURM: Lightning's own choice
+    assert not isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
+
+
 def test_slurm_job_named_bash_is_an_interactive_session(monkeypatch):
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
