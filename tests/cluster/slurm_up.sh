@@ -62,7 +62,8 @@ SlurmdPort=$((PORT + 1))
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge/munge.socket
+# cred_expire: a requeued job may start again cred_expire + 1 s after it was requeued (default 120 s).
+AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=15
 CredType=cred/munge
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
@@ -78,9 +79,9 @@ SchedulerType=sched/backfill
 ReturnToService=2
 JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
-# Requeued jobs start again at once (the default holds them for 60+ s).
 JobRequeue=1
-SchedulerParameters=bf_interval=1,sched_min_interval=100000
+# Schedule every 2 s (the default main loop runs every 60 s), so that a requeued job starts promptly.
+SchedulerParameters=sched_interval=2,bf_interval=2
 MinJobAge=600
 KillWait=10
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
