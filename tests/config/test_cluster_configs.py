@@ -60,6 +60,14 @@ def test_slurm_launcher_and_trainer_compose(compose_with_hydra):
     assert cfg.callbacks.preemption.signals == ["SIGUSR2"]
 
 
+def test_slurm_launcher_composes_with_a_one_process_trainer(compose_with_hydra):
+    """A sweep with the default trainer (no trainer.num_nodes) on SLURM: one node, one task; before, the
+    launcher's nodes interpolation failed and `-m hydra/launcher=slurm` needed trainer=slurm."""
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["nodes"] == 1 and launcher["tasks_per_node"] == 1 and launcher["gpus_per_node"] is None
+
+
 @pytest.mark.parametrize("name", ["ddp", "ddp_cpu"])
 def test_ddp_trainers(name):
     cfg = compose_config([f"trainer={name}"])
