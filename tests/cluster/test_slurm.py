@@ -214,8 +214,8 @@ def test_submitit_job_requeued_after_sigusr2_resumes_exactly(setup, slurm_conf):
         out, _ = proc.communicate(timeout=500)  # the launcher waits for the requeued job's result
     finally:
         proc.kill()
-    info = _job(job, slurm_conf)
     assert proc.returncode == 0, out[-4000:]
+    info = _wait_job(job, slurm_conf, timeout=60)  # the result is written before the job step ends
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", info
     job_log = "".join(p.read_text() for p in (sweep / ".submitit" / job).glob("*_log.*"))
     assert "stopped by SIGUSR2" in job_log and "Requeued job" in job_log, job_log[-4000:]
@@ -257,7 +257,7 @@ def test_f_sweep_runs_as_slurm_jobs_and_reports(tmp_path, slurm_conf):
     jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
     assert len(jobs) == 2, jobs  # one SLURM job per setting
     for job in jobs:
-        assert _job(job, slurm_conf)["JobState"] == "COMPLETED"
+        assert _wait_job(job, slurm_conf, timeout=60)["JobState"] == "COMPLETED"
     for sub, f in (("0", 4), ("1", 8)):
         record = json.loads((sweep / sub / "metrics.json").read_text())
         assert record["status"] == "ok" and record["latent"]["downsample_factor"] == f
