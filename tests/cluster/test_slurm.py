@@ -254,8 +254,9 @@ def test_f_sweep_runs_as_slurm_jobs_and_reports(tmp_path, slurm_conf):
         cwd=ROOT, env=_env(tmp_path, slurm_conf), capture_output=True, text=True, timeout=800,
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
-    assert len(jobs) == 2, jobs  # one SLURM job per setting
+    # One SLURM job per setting: submitit submits them as the tasks of one job array (<array id>_<task>).
+    jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    assert len(jobs) == 2, jobs
     for job in jobs:
         assert _wait_job(job, slurm_conf, timeout=60)["JobState"] == "COMPLETED"
     for sub, f in (("0", 4), ("1", 8)):
