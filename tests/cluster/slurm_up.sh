@@ -41,7 +41,7 @@ mkdir -p "$DIR"/{state,spool,log,munge}
 chmod 700 "$DIR" "$DIR/munge"
 : > "$DIR/pids"
 HOST=$(hostname -s)
-CPUS=$(nproc)
+CPUS=$(getconf _NPROCESSORS_ONLN)  # not nproc: it follows OMP_NUM_THREADS
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
 
 # munge: a private key and socket, so this cluster never depends on (or disturbs) a system munged.
