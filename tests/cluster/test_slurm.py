@@ -180,7 +180,7 @@ def _assert_resumed_exactly(run: Path, ref: Path) -> None:
     assert len(attempts) == 2 and all(name.endswith(f"-{run_id}") for name in attempts), attempts
 
 
-def test_sbatch_script_requeued_after_sigusr2_resumes_exactly(setup, slurm_conf):
+def test_sbatch_script_requeued_after_sigusr2_resumes_exactly(slurm_conf, setup):
     """README's plain `sbatch slurm/train.sbatch` (--requeue, ckpt_path=auto): SIGUSR2 -> last.ckpt at a batch
     boundary, exit 143 -> the script requeues the job -> same job id, same run dir -> resumed exactly."""
     tmp, overrides, ref = setup
@@ -196,7 +196,7 @@ def test_sbatch_script_requeued_after_sigusr2_resumes_exactly(setup, slurm_conf)
     _assert_resumed_exactly(run, ref)
 
 
-def test_submitit_job_requeued_after_sigusr2_resumes_exactly(setup, slurm_conf):
+def test_submitit_job_requeued_after_sigusr2_resumes_exactly(slurm_conf, setup):
     """hydra/launcher=slurm: SIGUSR2 -> last.ckpt at a batch boundary -> submitit's handler requeues the job ->
     the requeued job runs the same sweep job in the same dir, ckpt_path=auto resumes it exactly."""
     tmp, overrides, ref = setup
@@ -222,7 +222,7 @@ def test_submitit_job_requeued_after_sigusr2_resumes_exactly(setup, slurm_conf):
     _assert_resumed_exactly(run, ref)
 
 
-def test_srun_ddp_two_tasks_train_like_one_process(setup, slurm_conf):
+def test_srun_ddp_two_tasks_train_like_one_process(slurm_conf, setup):
     """`sbatch --ntasks-per-node=2 slurm/train.sbatch trainer=slurm ...`: SLURM starts both ranks, Lightning takes
     them from its SLURM environment (gloo), and the weights equal one process's with the same global batch."""
     tmp, overrides, ref = setup
