@@ -60,6 +60,14 @@ def test_slurm_launcher_and_trainer_compose(compose_with_hydra):
     assert cfg.callbacks.preemption.signals == ["SIGUSR2"]
 
 
+def test_slurm_launcher_composes_with_a_one_process_trainer(compose_with_hydra):
+    """A sweep with the default trainer (no trainer.num_nodes) on SLURM: one node, one task; before, the
+    launcher's nodes interpolation failed and `-m hydra/launcher=slurm` needed trainer=slurm."""
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["nodes"] == 1 and launcher["tasks_per_node"] == 1 and launcher["gpus_per_node"] is None
+
+
 @pytest.mark.parametrize("name", ["ddp", "ddp_cpu"])
 def test_ddp_trainers(name):
     cfg = compose_config([f"trainer={name}"])
@@ -100,6 +108,29 @@ def test_slurm_environment_is_detected_and_gives_the_ranks(monkeypatch, restored
     assert isinstance(env, SLURMEnvironment) and env.creates_processes_externally  # SLURM starts the processes
     assert (trainer.world_size, trainer.global_rank, trainer.local_rank, trainer.node_rank) == (8, 5, 1, 1)
     assert env.main_address == "gpu17"
+
+
+def test_inside_slurm_the_trainer_has_one_preemption_mechanism(monkeypatch, restored_process_state, tmp_path):
+    """In a SLURM job Lightning's auto-requeue (SIGUSR1: an hpc_ckpt written inside the signal handler, resumed
+    without ckpt_path in a new W&B run) is off; latentgen's PreemptionCheckpoint and ckpt_path=auto requeue."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from latentgen.app.building import build_trainer
+
+    for k, v in {**SLURM_ENV, "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(k, v)
+    for k in ("SLURM_LOCALID", "SLURM_NODEID"):
+        monkeypatch.setenv(k, "0")
+    cfg = compose_config(["logger=none"], output_dir=str(tmp_path))
+    trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=None)
+    env = trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
+    assert any(type(cb).__name__ == "PreemptionCheckpoint" for cb in trainer.callbacks)
+    for k in list(os.environ):
+        if k.startswith("SLURM_"):
+            monkeypatch.delenv(k)
+    trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=None)  # outside SLURM: Lightning's own choice
+    assert not isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
 
 
 def test_slurm_job_named_bash_is_an_interactive_session(monkeypatch):

@@ -359,7 +359,9 @@ class SignalAtBatch(L.Callback):
 
 def test_a_requeue_signal_saves_at_the_next_batch_boundary_then_hands_over(tmp_path):
     """The SLURM/submitit recipe: SIGUSR2 -> last.ckpt at the end of the next batch -> the handler
-    installed before (submitit's requeue) is called -> the run stops with exit code 143."""
+    installed before (submitit's requeue) is called -> the run stops with exit code 143. The batch it stops
+    after has ended completely: the callbacks after the pre-emption callback (here the step log) saw it
+    too (before, they did not, and that batch's loss row was missing from train_steps.jsonl)."""
     from latentgen.callbacks.preemption import PREEMPTED_EXIT_CODE
 
     calls = []
@@ -368,7 +370,6 @@ def test_a_requeue_signal_saves_at_the_next_batch_boundary_then_hands_over(tmp_p
         cfg = compose_config(
             [
                 *AE,
-                "~callbacks.step_log",
                 f"+callbacks.signal._target_={__name__}.SignalAtBatch",
                 "+callbacks.signal.batch=3",
             ],
@@ -379,6 +380,7 @@ def test_a_requeue_signal_saves_at_the_next_batch_boundary_then_hands_over(tmp_p
         assert stop.value.code == PREEMPTED_EXIT_CODE
         assert calls == [signal.SIGUSR2]  # handed over once, after the checkpoint
         assert read_latentgen_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 5
+        assert sorted(read_step_log(tmp_path / "train_steps.jsonl")) == [0, 1, 2, 3, 4]  # stopped after batch 4
         assert not (tmp_path / "metrics.json").exists()  # the run did not carry on to its final validation
         assert signal.getsignal(signal.SIGUSR2) is not None and signal.getsignal(signal.SIGUSR2) != signal.SIG_DFL
     finally:

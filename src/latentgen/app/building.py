@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -90,7 +91,21 @@ def build_trainer(cfg: DictConfig, *, trainer_cfg: DictConfig, logger: Any) -> L
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     callbacks = [cb for cb in callbacks if cb is not None]
     callbacks.append(ConfigInCheckpoint(to_container(cfg)))
-    return instantiate(trainer_cfg, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
+    plugins: list[Any] = [AtomicCheckpointIO(), *cluster_environment()]
+    return instantiate(trainer_cfg, callbacks=callbacks, logger=logger, plugins=plugins)
+
+
+def cluster_environment() -> list[Any]:
+    """Inside a SLURM job: Lightning's SLURM environment (ranks from SLURM's variables, as Lightning would
+    detect it) with its auto-requeue switched off, so that pre-emption has exactly one mechanism.
+
+    latentgen's :class:`~latentgen.callbacks.preemption.PreemptionCheckpoint` writes ``last.ckpt`` at a batch
+    boundary on SIGTERM/SIGUSR2 and the job is requeued by submitit or by the sbatch script; the requeued
+    job resumes with ``ckpt_path=auto`` in the same run dir and W&B run. Lightning's own auto-requeue
+    (on SIGUSR1) would save an ``hpc_ckpt_*.ckpt`` from inside the signal handler, possibly in the middle of
+    a training step, and resume from it without ``ckpt_path``, in a new W&B run.
+    """
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def system_options(cfg: DictConfig, *, latent: bool) -> dict[str, Any]:

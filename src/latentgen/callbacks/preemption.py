@@ -36,20 +36,22 @@ class PreemptionCheckpoint(L.Callback):
       the fit loop raises ``SIGTERMException`` after the current batch, on every rank. This callback saves
       the checkpoint in ``on_exception`` (a collective save: all ranks take part).
     - ``signals`` (e.g. ``[SIGUSR2]``, submitit's "you will be stopped soon" signal on SLURM): the handler
-      only sets a flag; at the end of the next batch (agreed over DDP ranks) the checkpoint is written,
-      then the handler that was installed before (submitit's: requeue the job) is called, and the run
-      stops like on SIGTERM.
+      only sets a flag; at the end of the next batch the ranks agree on it and the run stops exactly as on
+      SIGTERM (``trainer.received_sigterm``, set here as Lightning's SIGTERM handler sets it: Lightning raises ``SIGTERMException`` once the batch has ended
+      completely, every callback's ``on_train_batch_end`` included); the checkpoint is written, then the
+      handler that was installed before (submitit's: requeue the job) is called.
 
     The training root turns the stop into exit code :data:`PREEMPTED_EXIT_CODE`; ``ckpt_path=last`` (or
-    ``auto``) continues with the next batch. On SLURM without submitit, SIGUSR1 is Lightning's
-    (auto-requeue with an ``hpc_ckpt_*.ckpt``; see README "Resuming and clusters").
+    ``auto``) continues with the next batch. This is the only pre-emption mechanism: inside SLURM jobs
+    Lightning's own auto-requeue is switched off (:func:`latentgen.app.building.cluster_environment`).
     """
 
     def __init__(self, signals: Sequence[str | int] = ()) -> None:
         super().__init__()
         self.signals = [getattr(signal, s) if isinstance(s, str) else signal.Signals(s) for s in signals]
         self.saved_path: Path | None = None
-        self._received: int | None = None
+        self._received: int | None = None  # set by the signal handler
+        self._requested: int | None = None  # the signal the ranks agreed to stop on
         self._previous: dict[int, Any] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -87,16 +89,20 @@ class PreemptionCheckpoint(L.Callback):
         received = self._received is not None
         if trainer.world_size > 1:
             received = bool(trainer.strategy.reduce_boolean_decision(received, all=False))
-        if not received:
-            return
-        signum = self._received if self._received is not None else self.signals[0]
-        self._save(trainer, signal.Signals(signum).name)
-        previous = self._previous.get(signum)
-        if callable(previous):
-            previous(signum, None)  # e.g. submitit requeues the job (and may exit the process here)
-        raise SIGTERMException()
+        if received:
+            self._requested = self._received if self._received is not None else self.signals[0]
+            # Lightning stops after this batch's remaining hooks (the step log, step checkpoints, evaluations,
+            # its validation and LR step), on every rank at once: the decision above was agreed.
+            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and self.saved_path is None and trainer.state.fn == "fit":
-            self._save(trainer, "SIGTERM")
+            signum = self._requested
+            self._save(trainer, signal.Signals(signum).name if signum is not None else "SIGTERM")
+            previous = self._previous.get(signum) if signum is not None else None
+            if callable(previous):
+                try:
+                    previous(signum, None)  # e.g. submitit requeues the job
+                except SystemExit:
+                    pass  # submitit's handler exits; the root exits with PREEMPTED_EXIT_CODE after Lightning's teardown
         self.teardown(trainer, pl_module, "fit")  # Lightning skips the teardown hooks after an exception
