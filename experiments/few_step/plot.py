@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, required=True)
     parser.add_argument("--student", type=Path, required=True)
     parser.add_argument("--stage", type=Path, default=None, help="the student's run dir (its metrics.json)")
+    parser.add_argument("--one-step", type=Path, default=None, help="evaluations of a one-step distilled student")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     import matplotlib
@@ -48,13 +49,15 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     rows = {"teacher": read_runs(args.teacher), "student (reflow)": read_runs(args.student)}
+    if args.one_step is not None:
+        rows["student (reflow + one-step)"] = read_runs(args.one_step)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for name, runs in rows.items():
-        steps = [r["steps"] for r in runs]
+        nfe = [r["nfe"] for r in runs]
         for ax, key in zip(axes, ("fid", "precision", "recall"), strict=True):
-            ax.plot(steps, [r[key] for r in runs], "o-", label=name)
+            ax.plot(nfe, [r[key] for r in runs], "o-", label=name)
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("sampler steps (Euler)")
+            ax.set_xlabel("network passes per image (Euler; guided teacher: 2 per step)")
             ax.set_title(key.upper() if key == "fid" else key)
     axes[0].set_yscale("log")
     axes[0].legend()

@@ -24,6 +24,11 @@ $PY train.py model=reflow teacher.ckpt=$TEACHER distill.num_pairs=1024 distill.v
   trainer.max_steps=600 trainer.val_check_interval=300 sample_every_n_steps=100000 "${COMMON[@]}" \
   hydra.run.dir=$OUT/reflow
 
+# 3b. Optional: distil the reflowed student to one step (pairs from its own 8-step Euler, training at t = 1).
+$PY train.py model=reflow teacher.ckpt=$OUT/reflow/checkpoints/last.ckpt distill.one_step=true distill.num_pairs=1024 \
+  distill.val_pairs=64 distill.solver_steps=8 trainer.max_steps=300 trainer.val_check_interval=300 \
+  sample_every_n_steps=100000 "${COMMON[@]}" hydra.run.dir=$OUT/onestep
+
 # 4. FID / precision / recall against the number of Euler steps, teacher and student, same classifier and N.
 EVAL=(extractor=dataset_classifier extractor.weights_path=$CLF num_samples=500 batch_size=100
       "metrics=[fid,prc]" logger=csv paths.cache_dir=$OUT/cache)
@@ -31,5 +36,9 @@ $PY evaluate.py ckpt=$TEACHER sampler=euler sampler.steps=1,2,4,8,16,50 "${EVAL[
 $PY evaluate.py ckpt=$OUT/reflow/checkpoints/last.ckpt sampler=euler sampler.steps=1,2,4,8,16,50 "${EVAL[@]}" \
   hydra.sweep.dir=$OUT/eval_student -m
 
+$PY evaluate.py ckpt=$OUT/onestep/checkpoints/last.ckpt sampler=euler sampler.steps=1,2 "${EVAL[@]}" \
+  hydra.sweep.dir=$OUT/eval_one_step -m
+
 # 5. Figures and table.
-$PY experiments/few_step/plot.py --teacher $OUT/eval_teacher --student $OUT/eval_student --stage $OUT/reflow
+$PY experiments/few_step/plot.py --teacher $OUT/eval_teacher --student $OUT/eval_student --stage $OUT/reflow \
+  --one-step $OUT/eval_one_step
