@@ -19,7 +19,7 @@ from latentgen.generative.parameterization import Parameterization
 from latentgen.generative.predictions import EpsPrediction, VelocityPrediction
 from latentgen.generative.progressive_distillation import ddim_step, progressive_target
 from latentgen.generative.samplers import EulerSampler
-from latentgen.generative.schedules import CosinePath, RectifiedFlowPath
+from latentgen.generative.schedules import CosinePath, RectifiedFlowPath, ScaledLinearSchedule
 from latentgen.generative.straightness import ode_trajectory, path_straightness
 from latentgen.generative.time_samplers import UniformTime
 
@@ -162,3 +162,19 @@ def test_progressive_target_to_the_data_is_the_teachers_last_prediction():
         CosinePath()(t).reshape_like(x_t),
     )
     assert torch.isfinite(eps_target).all()
+
+
+def test_progressive_target_lands_on_the_data_at_t_0_on_a_discrete_schedule():
+    """The samplers' last step returns x0_hat (t = 0 is the data): on a discrete schedule too, the two-step
+    target ending there is the teacher's prediction at the midpoint, as the student will sample."""
+    schedule = ScaledLinearSchedule()
+
+    def teacher_x0(x, t):
+        return 0.5 * x + t.reshape(-1, 1)
+
+    x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(6))
+    t, t_mid = torch.full((4,), 0.5), torch.full((4,), 0.25)
+    target = progressive_target(teacher_x0, schedule, x_t, t, t_mid, torch.zeros(4))
+    s, sm = schedule(t.double()).reshape_like(x_t), schedule(t_mid.double()).reshape_like(x_t)
+    x_mid = ddim_step(teacher_x0(x_t, t).double(), x_t.double(), s, sm).float()
+    torch.testing.assert_close(target, teacher_x0(x_mid, t_mid), atol=1e-5, rtol=0)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from latentgen.generative.schedules import NoiseSchedule
+from latentgen.generative.schedules import NoiseSchedule, ScheduleOutput
 
 __all__ = ["ddim_step", "progressive_target", "implied_noise"]
 
@@ -41,6 +41,19 @@ def implied_noise(x0: torch.Tensor, x_t: torch.Tensor, s) -> torch.Tensor:
     return (x_t - s.alpha_t * x0) / s.sigma_t
 
 
+def _grid_values(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor):
+    """alpha, sigma at ``t`` (B,) in float64, shaped (B, 1, ..., 1); t = 0 is the data exactly (alpha 1, sigma 0),
+    as for the samplers, whose last step lands there whatever a schedule returns at t = 0."""
+    s = schedule(t.double()).reshape_like(like).to(torch.float64)
+    end = (t == 0).reshape(s.alpha_t.shape)
+    return ScheduleOutput(
+        alpha_t=torch.where(end, torch.ones_like(s.alpha_t), s.alpha_t),
+        sigma_t=torch.where(end, torch.zeros_like(s.sigma_t), s.sigma_t),
+        d_alpha_t=s.d_alpha_t,
+        d_sigma_t=s.d_sigma_t,
+    )
+
+
 @torch.no_grad()
 def progressive_target(
     teacher_x0: DataPrediction,
@@ -52,9 +65,7 @@ def progressive_target(
 ) -> torch.Tensor:
     """The student's data-prediction target ``x~`` (B, C, H, W) at ``(x_t, t)``: two teacher DDIM steps
     ``t -> t_mid -> t_next`` (all (B,)), then Salimans & Ho's Alg. 2 inversion (module docstring)."""
-    s = schedule(t.double()).reshape_like(x_t).to(torch.float64)
-    s_mid = schedule(t_mid.double()).reshape_like(x_t).to(torch.float64)
-    s_next = schedule(t_next.double()).reshape_like(x_t).to(torch.float64)
+    s, s_mid, s_next = (_grid_values(schedule, v, x_t) for v in (t, t_mid, t_next))
     x = x_t.double()
     x_mid = ddim_step(teacher_x0(x_t, t).double(), x, s, s_mid)
     x_next = ddim_step(teacher_x0(x_mid.to(x_t.dtype), t_mid).double(), x_mid, s_mid, s_next)
