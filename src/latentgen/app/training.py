@@ -36,6 +36,7 @@ from latentgen.app.building import (
     silence_expected_warnings,
     system_options,
 )
+from latentgen.app.few_step import is_student_run, train_student
 from latentgen.app.run_checks import check_run_config
 from latentgen.autoencoders.autoencoder import Autoencoder
 from latentgen.autoencoders.frozen import export_first_stage
@@ -70,6 +71,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = check_output_dir(cfg.paths.output_dir)
     check_run_config(cfg)  # after seeding: what it builds draws from the seeded RNG, as it always did
+    if is_student_run(cfg):
+        return train_student(cfg, output_dir)  # the third stage: a few-step student of a trained latent model
     if is_autoencoder_run(cfg.model):
         return train_first_stage(cfg, output_dir)
     first_stage_ckpt = first_stage_for(cfg)  # stages 1 and 2
