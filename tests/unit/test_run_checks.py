@@ -12,6 +12,7 @@ from tests.helpers import FAST, TINY_AE, TINY_DATA, TINY_LDM, compose_config
 
 LATENT_RUN = FAST + TINY_DATA + TINY_AE + TINY_LDM + ["first_stage.ckpt=null"]
 AE_RUN = FAST + TINY_DATA + TINY_AE + ["model=autoencoder"]
+STUDENT_RUN = FAST + TINY_DATA + ["model=reflow", "teacher.ckpt=/nonexistent/teacher.ckpt"]
 
 
 @pytest.fixture
@@ -23,6 +24,7 @@ def nothing_trains(monkeypatch):
 
     monkeypatch.setattr(training, "fit", must_not_train)
     monkeypatch.setattr(training, "train_first_stage", must_not_train)
+    monkeypatch.setattr(training, "train_student", must_not_train)
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,8 @@ def nothing_trains(monkeypatch):
         (AE_RUN, "model.learning_rate=-1", "model.learning_rate=-1"),
         (AE_RUN, "model.learning_rate=inf", "model.learning_rate=inf"),
         (AE_RUN, "model.betas=[0.5]", "model.betas"),
+        (STUDENT_RUN, "model.optimizer.lr=-1", "model.optimizer.lr=-1"),
+        (STUDENT_RUN, "model.ema_decay=2", "model.ema_decay=2"),
     ],
 )
 def test_a_bad_number_is_refused_before_any_training_naming_the_key(tmp_path, nothing_trains, run, override, key):

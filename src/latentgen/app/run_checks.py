@@ -83,14 +83,12 @@ def check_run_config(cfg: DictConfig) -> None:
     val_batch = cfg.data.get("val_batch_size")
     if val_batch is not None and not _positive_int(val_batch):
         raise ConfigError(f"data.val_batch_size={val_batch!r} must be a positive integer or null (= data.batch_size)")
-    latent_run = "first_stage" in cfg and "denoiser" in cfg.model
-    if latent_run:
-        _check_keys(cfg.model, "model.", _LATENT_MODEL_KEYS)
+    # Latent models and few-step students take an optimizer factory and an EMA; autoencoders their own rates.
+    _check_keys(cfg.model, "model.", _LATENT_MODEL_KEYS if "optimizer" in cfg.model else _AUTOENCODER_KEYS)
+    if "first_stage" in cfg and "denoiser" in cfg.model:  # a latent model (and the first stage it may train)
         if not cfg.first_stage.get("ckpt") and cfg.first_stage.get("model") is not None:
             _check_keys(cfg.first_stage.model, "first_stage.model.", _AUTOENCODER_KEYS)
         check_guidance(cfg)
-    else:
-        _check_keys(cfg.model, "model.", _AUTOENCODER_KEYS)
 
 
 def check_guidance(cfg: DictConfig) -> None:
