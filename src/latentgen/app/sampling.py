@@ -300,8 +300,11 @@ def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def draw_batch(system, planned: PlannedBatch, options: SamplingOptions, seed: int, device) -> torch.Tensor:
-    """The images of one planned batch in [-1, 1], (b, C, H, W), with the noise of ``batch_generator``."""
+def draw_batch(
+    system, planned: PlannedBatch, options: SamplingOptions, seed: int, device, return_latents: bool = False
+) -> torch.Tensor:
+    """The images of one planned batch in [-1, 1], (b, C, H, W), with the noise of ``batch_generator``
+    (the latents (b, c, h, w) with ``return_latents``)."""
     batch = to_device(dict(planned.batch), device)
     b = planned.size
     start: dict[str, Any] = {}
@@ -322,6 +325,7 @@ def draw_batch(system, planned: PlannedBatch, options: SamplingOptions, seed: in
         uncond_batch=uncond_batch,
         guidance_rescale=options.guidance_rescale,
         guidance_interval=options.guidance_interval,
+        return_latents=return_latents,
         **start,
     )
 
