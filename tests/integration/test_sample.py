@@ -131,3 +131,50 @@ def test_inpainting_with_a_plain_model_keeps_the_known_region(trained_ldm, tmp_p
     recon = to_uint8_images(system.decode(z_init))[0, :1].float()
     left, right = (slice(None), slice(None), slice(0, 8)), (slice(None), slice(None), slice(8, 16))
     assert (out[left] - recon[left]).abs().mean() < (out[right] - recon[right]).abs().mean()
+
+
+@pytest.mark.slow
+def test_torch_fidelity_command_line_on_the_folder_gives_the_fid_of_evaluate(trained_ldm, tmp_path):
+    """The folder written by the sample command against the data's images, measured by torch-fidelity's own
+    command line with a local Inception weights file, gives evaluate.py's FID for the same seed, batch size,
+    sampler and weights (both quantize to uint8 as a PNG does, and both run torch-fidelity's Inception)."""
+    import subprocess
+    import sys
+
+    from latentgen.app.evaluation import evaluate
+    from latentgen.config import instantiate
+    from latentgen.metrics.generator_evaluation import condition_batches
+    from tests.helpers import ROOT, cli_env, random_inception_weights
+
+    ckpt = _ckpt(trained_ldm)
+    weights = random_inception_weights(tmp_path / "weights" / "inception.pth")
+    common = [f"ckpt={ckpt}", "num_samples=24", "batch_size=8", "sampler=euler", "sampler.steps=2"]
+    record = evaluate(
+        compose_config(
+            [*common, "logger=none", "extractor=inception", f"extractor.weights_path={weights}", "metrics=[fid]"],
+            config_name="evaluate",
+            output_dir=str(tmp_path / "eval"),
+        )
+    )
+    samples = tmp_path / "samples"
+    sampling.sample(compose_config([*common, f"out={samples}", "progress=false"], config_name="sample"))
+    # The reference images evaluate.py compares with: the first 24 of the training split, in its order.
+    _, stored = load_system_from_checkpoint(str(ckpt))
+    datamodule = instantiate(stored.data)
+    datamodule.setup("fit")
+    real = tmp_path / "real"
+    real.mkdir()
+    i = 0
+    for batch in condition_batches(datamodule, "train", 8, 24):
+        for image in to_uint8_images(batch["image"]):
+            sampling.save_png(image, real / f"{i:06d}.png")
+            i += 1
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch_fidelity.fidelity", "--input1", str(samples), "--input2", str(real), "--fid",
+         "--cpu", "--json", "--silent", "--no-cache", "--feature-extractor", "inception-v3-compat",
+         "--feature-extractor-weights-path", str(weights)],
+        cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fid = json.loads(proc.stdout)["frechet_inception_distance"]
+    assert fid == pytest.approx(record["metrics"]["fid"], abs=1e-3, rel=1e-6)
