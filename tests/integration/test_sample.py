@@ -178,3 +178,29 @@ def test_torch_fidelity_command_line_on_the_folder_gives_the_fid_of_evaluate(tra
     assert proc.returncode == 0, proc.stderr[-3000:]
     fid = json.loads(proc.stdout)["frechet_inception_distance"]
     assert fid == pytest.approx(record["metrics"]["fid"], abs=1e-3, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_python_m_latentgen_sample_writes_the_images_of_one_process(trained_ldm, tmp_path):
+    """`torchrun --nproc_per_node=2 -m latentgen.sample ...` (gloo on the CPU) writes the images that one
+    process writes, and samples.json once."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, cli_env
+
+    args = [f"ckpt={_ckpt(trained_ldm)}", "num_samples=10", "batch_size=4", "sampler=ddim", "sampler.steps=3",
+            "progress=false"]  # fmt: skip
+    logs = tmp_path / "logs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", f"--log-dir={logs}",
+         "--redirects=3", "-m", "latentgen.sample", *args, f"out={tmp_path / 'two'}"],
+        cwd=ROOT, env={**cli_env(tmp_path), "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    rank_logs = "".join(f"\n--- {p.relative_to(logs)}\n{p.read_text()[-3000:]}" for p in sorted(logs.rglob("std*.log")))
+    assert proc.returncode == 0, rank_logs + "\n--- torchrun\n" + (proc.stdout + proc.stderr)[-2000:]
+    assert json.loads((tmp_path / "two" / "samples.json").read_text())["world_size"] == 2
+    sampling.sample_shard(_cfg(_ckpt(trained_ldm), tmp_path / "one"), CPU, rank=0, world=1)
+    assert _pngs(tmp_path / "two") == _pngs(tmp_path / "one")
+    assert not list((tmp_path / "two").glob("*.log")) and not (tmp_path / "two" / ".hydra").exists()
