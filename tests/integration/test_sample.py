@@ -204,3 +204,29 @@ def test_torchrun_python_m_latentgen_sample_writes_the_images_of_one_process(tra
     sampling.sample_shard(_cfg(_ckpt(trained_ldm), tmp_path / "one"), CPU, rank=0, world=1)
     assert _pngs(tmp_path / "two") == _pngs(tmp_path / "one")
     assert not list((tmp_path / "two").glob("*.log")) and not (tmp_path / "two" / ".hydra").exists()
+
+
+def test_a_negative_prompt_is_the_unconditional_branch_of_guidance(tmp_path):
+    """On a text model the null condition is the empty prompt: negative prompt "" samples what plain guidance
+    samples, another negative prompt changes the images; and guidance rescale / interval reach the sampler."""
+    from latentgen.app.building import build_latent_system
+    from tests.helpers import make_first_stage_export
+
+    first_stage = ["data=shapes", "data.resolution=16", "autoencoder=kl_f4_tiny"]
+    export = make_first_stage_export(tmp_path / "fs", first_stage)
+    cfg = compose_config([*first_stage, "denoiser=unet_tiny", "conditioner=text", "sampler=ddim", "sampler.steps=3"])
+    torch.manual_seed(0)
+    system = build_latent_system(cfg, str(export)).eval()
+    for p in system.ema.shadow.parameters():  # an untrained zero-initialised output layer would ignore the text
+        p.data.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    batch = {"caption": ["a large red circle at the center"] * 2}
+
+    def draw(**kw):
+        return system.sample(batch, generator=torch.Generator().manual_seed(0), guidance_scale=4.0, **kw)
+
+    plain = draw()
+    assert torch.equal(draw(uncond_batch={"caption": ["", ""]}), plain)
+    assert not torch.allclose(draw(uncond_batch={"caption": ["red", "red"]}), plain)
+    assert not torch.allclose(draw(guidance_rescale=0.7), plain)
+    assert torch.equal(draw(guidance_interval=(0.0, 1.0)), plain)
+    assert not torch.allclose(draw(guidance_interval=(0.0, 0.5)), plain)
