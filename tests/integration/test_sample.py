@@ -230,3 +230,27 @@ def test_a_negative_prompt_is_the_unconditional_branch_of_guidance(tmp_path):
     assert not torch.allclose(draw(guidance_rescale=0.7), plain)
     assert torch.equal(draw(guidance_interval=(0.0, 1.0)), plain)
     assert not torch.allclose(draw(guidance_interval=(0.0, 0.5)), plain)
+
+
+def test_a_model_trained_for_inpainting_takes_the_image_and_mask_as_its_condition(tmp_path, monkeypatch):
+    """conditioner=inpaint: the init image and mask go into the batch (the model's own path), no blending."""
+    from latentgen.app.building import build_latent_system
+    from tests.helpers import make_first_stage_export
+
+    first_stage = ["data=shapes", "data.resolution=16", "autoencoder=kl_f4_tiny"]
+    export = make_first_stage_export(tmp_path / "fs", first_stage)
+    cfg = compose_config([*first_stage, "denoiser=unet_tiny", "conditioner=inpaint", "sampler=ddim", "sampler.steps=2"])
+    system = build_latent_system(cfg, str(export)).eval()
+    init = torch.rand(2, 3, 16, 16) * 2 - 1
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., 8:] = 1.0
+    options = sampling.SamplingOptions(
+        sampler="ddim", steps=2, guidance_scale=1.0, init_images=init, masks=mask, model_inpaints=True
+    )
+    planned = sampling.PlannedBatch(index=0, first=0, batch={"caption": ["", ""]}, records=[{}, {}])
+    seen = {}
+    monkeypatch.setattr(system, "sample", lambda batch, **kw: seen.update(batch=batch, kw=kw) or init)
+    sampling.draw_batch(system, planned, options, 0, CPU)
+    assert torch.equal(seen["batch"]["image"], init) and torch.equal(seen["batch"]["inpaint_mask"], mask)
+    assert "init" not in seen["kw"] and "mask" not in seen["kw"]
+    assert hasattr(system.conditioner, "paste_known")  # what sampling_options recognises such a model by
