@@ -170,3 +170,23 @@ def test_guidance_interval_guides_only_inside():
     out = fn(x, t)
     torch.testing.assert_close(out[0], _denoise(x, t, _cond(2.0))[0])
     torch.testing.assert_close(out[1], guided[1])
+
+
+def test_repaint_jumps_rerun_chunks_of_steps():
+    """jump=j, resample=r: each chunk of j steps that does not end at t=0 runs r times, after noising back to
+    the chunk's first time; the known region is still kept exactly."""
+    init, noise = _tensors()
+    mask = torch.zeros(SHAPE[0], 1, *SHAPE[2:])
+    mask[..., 2:] = 1.0
+    net = Recorder()
+    out = DDIMSampler(steps=6).sample(
+        net, VP(), noise, init=init, mask=mask, resample=2, jump=3, generator=torch.Generator().manual_seed(1)
+    )
+    # chunks (0, 1, 2) and (3, 4, 5): the first runs twice, the second ends at t=0 and runs once
+    grid = sorted(set(net.ts), reverse=True)
+    assert out.nfe == 3 * 2 + 3
+    assert net.ts == [grid[i] for i in (0, 1, 2, 0, 1, 2, 3, 4, 5)]
+    keep = (mask == 0).expand(SHAPE)
+    assert torch.equal(out.samples[keep], init[keep])
+    with pytest.raises(ConfigError, match="jump"):
+        DDIMSampler(steps=6)(Recorder(), VP(), noise, init=init, mask=mask, jump=0)

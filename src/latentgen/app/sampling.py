@@ -134,6 +134,7 @@ class SamplingOptions:
     negative_prompt: str | None = None
     strength: float = 1.0
     resample: int = 1
+    jump: int = 1
     init_images: torch.Tensor | None = None  # (K, C, H, W) in [-1, 1], cycled over the images
     init_files: list[str] = field(default_factory=list)
     masks: torch.Tensor | None = None  # (K', 1, H, W) in {0, 1}, 1 = generate, cycled
@@ -163,7 +164,9 @@ class SamplingOptions:
         if self.init_images is not None:
             out.update(strength=self.strength)
         if self.masks is not None:
-            out.update(resample=self.resample, inpainting="model" if self.model_inpaints else "latent blending")
+            out.update(
+                resample=self.resample, jump=self.jump, inpainting="model" if self.model_inpaints else "latent blending"
+            )
         return out
 
 
@@ -208,6 +211,7 @@ def sampling_options(cfg: DictConfig, system, stored: DictConfig) -> SamplingOpt
         negative_prompt=negative,
         strength=float(strength),
         resample=int(cfg.get("resample") or 1),
+        jump=int(cfg.get("jump") or 1),
         init_images=init_images,
         init_files=[str(p) for p in init_files],
         masks=masks,
@@ -317,7 +321,7 @@ def draw_batch(
             start = {"init": system.encode(init), "strength": options.strength}
             if mask is not None:
                 f = int(system.first_stage.downsample_factor)
-                start.update(mask=latent_mask(mask, f), resample=options.resample)
+                start.update(mask=latent_mask(mask, f), resample=options.resample, jump=options.jump)
     uncond_batch = None if options.negative_prompt is None else {"caption": [options.negative_prompt] * b}
     return system.sample(
         batch,

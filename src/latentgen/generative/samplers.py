@@ -25,8 +25,10 @@ Every sampler is called as
   pipeline with a plain model and RePaint, Lugmayr et al. 2022, Eq. 8): after every step to ``t`` the known
   region is replaced by ``alpha(t) init + sigma(t) noise`` (the same start noise), so at t=0 it is ``init``
   exactly. ``resample=r`` (fixed-step samplers but DPM-Solver++(2M), whose history a jump would invalidate)
-  adds RePaint's resampling with jump length 1: each step is followed by ``r - 1`` rounds of noising back
-  to the previous time with q(x_s | x_t) (Lugmayr et al. Eq. 9 on the respaced grid) and repeating the step.
+  adds RePaint's resampling (Lugmayr et al. Alg. 1, §4.2) with jump length ``jump=j``: the grid is run in
+  chunks of j steps, and each chunk is followed by ``r - 1`` rounds of noising back to its first time with
+  q(x_s | x_t) (Lugmayr et al. Eq. 9 on the respaced grid) and running it again. The chunk that ends at t=0
+  is run once.
 
 **Time grids** (``spacing``) are in :mod:`latentgen.generative.time_grids`: the network is evaluated at
 ``t_0 > ... > t_{N-1}`` and the last step lands on ``t_N = 0``.
@@ -82,12 +84,13 @@ class SamplerOutput:
 class Start:
     """Where a sampler starts and what it keeps (see the module docstring): ``init`` clean latents
     (B, C, H, W) or None (pure noise), ``strength`` the fraction of the time grid run, ``mask`` 1 = generate,
-    0 = keep ``init``, ``resample`` RePaint's resampling rounds per step (1 = none)."""
+    0 = keep ``init``, ``resample`` RePaint's rounds per chunk of ``jump`` steps (1 = none)."""
 
     init: torch.Tensor | None = None
     strength: float = 1.0
     mask: torch.Tensor | None = None
     resample: int = 1
+    jump: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.strength) <= 1.0:
@@ -98,6 +101,8 @@ class Start:
             raise ConfigError(f"resample={self.resample} must be >= 1")
         if int(self.resample) > 1 and self.mask is None:
             raise ConfigError("resample > 1 (RePaint) needs a mask")
+        if int(self.jump) < 1:
+            raise ConfigError(f"jump={self.jump} must be >= 1")
 
 
 class _Net:
@@ -155,16 +160,18 @@ class _Net:
 
     def steps_with_resampling(self, x, grid, step, generator, progress: bool = False, desc: str = ""):
         """Run ``step(x, i) -> x`` over the grid, blending after each step and, with ``resample = r > 1``,
-        noising back and repeating each step r - 1 more times (RePaint with jump length 1)."""
+        running each chunk of ``jump`` steps r times, noised back to its start in between (RePaint)."""
         grid_list = [float(t) for t in grid]
         alpha, sigma = _alpha_sigma(self.param.schedule, grid)
-        for i in _progress(range(len(grid_list) - 1), progress, desc):
-            for r in range(int(self.start.resample)):
-                if r > 0:
-                    x = self.renoise(x, alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], generator)
-                x = self.blend(step(x, i), grid_list[i + 1])
-                if grid_list[i + 1] == 0.0:
-                    break  # no resampling from t = 0
+        steps, jump = len(grid_list) - 1, int(self.start.jump)
+        for first in _progress(range(0, steps, jump), progress, desc):
+            end = min(first + jump, steps)
+            rounds = 1 if grid_list[end] == 0.0 else int(self.start.resample)  # no resampling from t = 0
+            for r in range(rounds):
+                if r > 0:  # back from t_end to t_first
+                    x = self.renoise(x, alpha[first], sigma[first], alpha[end], sigma[end], generator)
+                for i in range(first, end):
+                    x = self.blend(step(x, i), grid_list[i + 1])
         return x
 
     def schedule_at(self, t: float, x: torch.Tensor) -> ScheduleOutput:
@@ -250,10 +257,11 @@ class Sampler:
         strength: float = 1.0,
         mask: torch.Tensor | None = None,
         resample: int = 1,
+        jump: int = 1,
         **overrides: Any,
     ) -> SamplerOutput:
         opts = self._options(steps, overrides)
-        start = Start(init=init, strength=float(strength), mask=mask, resample=int(resample))
+        start = Start(init=init, strength=float(strength), mask=mask, resample=int(resample), jump=int(jump))
         if start.resample > 1 and not self.supports_resampling:
             raise ConfigError(f"{type(self).__name__} does not support resample > 1 (RePaint)")
         net = _Net(model_fn, param, start)
@@ -274,7 +282,7 @@ class Sampler:
         **overrides: Any,
     ) -> torch.Tensor:
         """Samples (B, C, H, W) at t=0 from ``noise`` at t=1 (see the module docstring; ``init``,
-        ``strength``, ``mask``, ``resample`` pass through to :meth:`sample`)."""
+        ``strength``, ``mask``, ``resample``, ``jump`` pass through to :meth:`sample`)."""
         out = self.sample(model_fn, param, noise, steps=steps, generator=generator, progress=progress, **overrides)
         return out.samples
 
