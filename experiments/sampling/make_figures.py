@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +44,11 @@ def read(folder: Path, n: int) -> torch.Tensor:
         a = np.asarray(Image.open(folder / f"{i:06d}.png").convert("L"), dtype=np.float32)
         out.append(torch.from_numpy(a)[None] / 127.5 - 1.0)
     return torch.stack(out)
+
+
+def save(images: torch.Tensor, name: str, nrow: int) -> None:
+    """A grid of (N, 1, 32, 32) images, each enlarged 3x (nearest) so that the README shows the pixels."""
+    save_grid(F.interpolate(images, scale_factor=3, mode="nearest"), HERE / name, nrow=nrow)
 
 
 def main() -> None:
@@ -74,7 +80,7 @@ def main() -> None:
         out = work / f"i2i_{s}"
         run([*common, f"init_image={work / 'inputs'}", f"strength={s}", "num_samples=4", f"out={out}"], log)
         cols.append(read(out, 4))
-    save_grid(torch.stack(cols, 1).flatten(0, 1), HERE / "img2img_strip.png", nrow=len(cols))
+    save(torch.stack(cols, 1).flatten(0, 1), "img2img_strip.png", nrow=len(cols))
 
     # Inpainting with the plain model: input | masked input | latent blending | RePaint resample=4.
     masked = inputs.clone()
@@ -85,7 +91,7 @@ def main() -> None:
         run([*common, f"init_image={work / 'inputs'}", f"mask={work / 'mask.png'}", f"resample={r}",
              "num_samples=4", f"out={out}"], log)  # fmt: skip
         cols.append(read(out, 4))
-    save_grid(torch.stack(cols, 1).flatten(0, 1), HERE / "inpaint_strip.png", nrow=len(cols))
+    save(torch.stack(cols, 1).flatten(0, 1), "inpaint_strip.png", nrow=len(cols))
 
     if a.text:
         # The same noise: top row plain guidance, bottom row with a negative prompt.
@@ -96,7 +102,7 @@ def main() -> None:
             extra = [] if neg is None else [f"negative_prompt='{neg}'"]
             run([*common, f"prompt='{prompt}'", *extra, "guidance.scale=4", "num_samples=8", f"out={out}"], log)
             rows.append(read(out, 8))
-        save_grid(torch.cat(rows), HERE / "negative_prompt.png", nrow=8)
+        save(torch.cat(rows), "negative_prompt.png", nrow=8)
     (HERE / "commands.json").write_text(json.dumps(log, indent=1) + "\n")
 
 
