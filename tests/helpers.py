@@ -192,3 +192,26 @@ class TinyExtractor(FeatureExtractor):
         x = F.adaptive_avg_pool2d(images.float() / 255, 8).flatten(1)  # (B, 192)
         f = x @ self.proj  # (B, 64)
         return {"features": f, "logits": f @ self.head}
+
+
+def random_inception_weights(path: Path) -> Path:
+    """A weights file in the layout of torch-fidelity's FID InceptionV3 with random values (the real file is
+    never downloaded in tests): loadable by ``extractor=inception extractor.weights_path=...`` and by
+    torch-fidelity's ``--feature-extractor-weights-path``."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    with (
+        mock.patch.object(tfi, "load_state_dict_from_url", return_value={}),
+        mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None),
+    ):
+        torch.manual_seed(0)
+        state = tfi.FeatureExtractorInceptionV3("random", ["2048"]).state_dict()
+    g = torch.Generator().manual_seed(1)
+    for k, v in state.items():  # random BN running stats, so that the file differs from a fresh init
+        if k.endswith("running_mean"):
+            v.copy_(torch.randn(v.shape, generator=g) * 0.1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path

@@ -15,6 +15,21 @@ Every sampler is called as
 - ``sampler.sample(...)`` returns :class:`SamplerOutput` (samples and the exact number of network
   evaluations, NFE); ``sampler.nfe(steps)`` gives the NFE of fixed-step samplers in advance.
 
+**Starting from an image** (every sampler; keyword arguments of ``sample``/``__call__``):
+
+- ``init`` (B, C, H, W) clean latents and ``strength`` in [0, 1] (SDEdit, Meng et al. 2022): only the last
+  ``int(steps * strength)`` points of the time grid are run (diffusers' img2img rule), starting from
+  ``x = alpha(t_0) init + sigma(t_0) noise`` at the first kept time ``t_0``. ``strength=0`` returns ``init``;
+  ``strength=1`` is sampling from noise. Dopri5 integrates from ``t = strength``.
+- ``mask`` (B, 1 or C, H, W) with 1 = generate, 0 = keep ``init`` (latent blending, as diffusers' inpainting
+  pipeline with a plain model and RePaint, Lugmayr et al. 2022, Eq. 8): after every step to ``t`` the known
+  region is replaced by ``alpha(t) init + sigma(t) noise`` (the same start noise), so at t=0 it is ``init``
+  exactly. ``resample=r`` (fixed-step samplers but DPM-Solver++(2M), whose history a jump would invalidate)
+  adds RePaint's resampling (Lugmayr et al. Alg. 1, §4.2) with jump length ``jump=j``: the grid is run in
+  chunks of j steps, and each chunk is followed by ``r - 1`` rounds of noising back to its first time with
+  q(x_s | x_t) (Lugmayr et al. Eq. 9 on the respaced grid) and running it again. The chunk that ends at t=0
+  is run once.
+
 **Time grids** (``spacing``) are in :mod:`latentgen.generative.time_grids`: the network is evaluated at
 ``t_0 > ... > t_{N-1}`` and the last step lands on ``t_N = 0``.
 
@@ -44,6 +59,7 @@ __all__ = [
     "Sampler",
     "DDPMSampler",
     "DDIMSampler",
+    "EulerAncestralSampler",
     "EulerSampler",
     "HeunSampler",
     "Dopri5Sampler",
@@ -64,11 +80,99 @@ class SamplerOutput:
     nfe: int  # number of model_fn calls
 
 
-class _Net:
-    """Evaluates ``model_fn`` at scalar time ``t`` and converts the output; counts evaluations."""
+@dataclass
+class Start:
+    """Where a sampler starts and what it keeps (see the module docstring): ``init`` clean latents
+    (B, C, H, W) or None (pure noise), ``strength`` the fraction of the time grid run, ``mask`` 1 = generate,
+    0 = keep ``init``, ``resample`` RePaint's rounds per chunk of ``jump`` steps (1 = none)."""
 
-    def __init__(self, model_fn: ModelFn, param: Parameterization) -> None:
+    init: torch.Tensor | None = None
+    strength: float = 1.0
+    mask: torch.Tensor | None = None
+    resample: int = 1
+    jump: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.strength) <= 1.0:
+            raise ConfigError(f"strength={self.strength} must be in [0, 1]")
+        if (self.init is None) and (self.mask is not None or float(self.strength) < 1.0):
+            raise ConfigError("strength < 1 and mask need init (the latents of the input image)")
+        if int(self.resample) < 1:
+            raise ConfigError(f"resample={self.resample} must be >= 1")
+        if int(self.resample) > 1 and self.mask is None:
+            raise ConfigError("resample > 1 (RePaint) needs a mask")
+        if int(self.jump) < 1:
+            raise ConfigError(f"jump={self.jump} must be >= 1")
+
+
+class _Net:
+    """Evaluates ``model_fn`` at scalar time ``t`` and converts the output; counts evaluations. Also holds the
+    :class:`Start` of the call: the grid truncation, the start from ``init`` and the blending of the known
+    region."""
+
+    def __init__(self, model_fn: ModelFn, param: Parameterization, start: Start | None = None) -> None:
         self.model_fn, self.param, self.nfe = model_fn, param, 0
+        self.start = start or Start()
+        self.noise: torch.Tensor | None = None  # the start noise (set by begin)
+
+    # ---- starting from an image (SDEdit) and keeping a known region (inpainting)
+    def truncate(self, grid: torch.Tensor) -> torch.Tensor:
+        """The last ``int(steps * strength)`` evaluation times of ``grid`` (steps + 1,) and the final 0."""
+        if self.start.init is None or float(self.start.strength) >= 1.0:
+            return grid
+        steps = grid.numel() - 1
+        keep = min(int(steps * float(self.start.strength)), steps)  # diffusers img2img: int(N * strength)
+        return grid[steps - keep :]  # (keep + 1,)
+
+    def noised_init(self, t: float, like: torch.Tensor) -> torch.Tensor:
+        """alpha(t) init + sigma(t) noise (init exactly at t=0)."""
+        init = self.start.init.to(like)
+        if t <= 0.0:
+            return init
+        s = self.schedule_at(t, like)
+        return s.alpha_t * init + s.sigma_t * self.noise
+
+    def begin(self, x: torch.Tensor, t0: float) -> torch.Tensor:
+        """The sampler's start at its first time ``t0`` from the start noise ``x``."""
+        self.noise = x
+        if self.start.init is None or (float(self.start.strength) >= 1.0 and self.start.mask is None):
+            return x
+        if float(self.start.strength) >= 1.0:
+            return x  # inpainting from pure noise: the known region enters by blending
+        return self.noised_init(t0, x)
+
+    def blend(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Known region (mask 0) replaced by the init noised to ``t`` (RePaint Eq. 8; diffusers' inpainting
+        with a plain model)."""
+        if self.start.mask is None:
+            return x
+        m = self.start.mask.to(x)
+        return m * x + (1.0 - m) * self.noised_init(t, x)
+
+    def renoise(
+        self, x: torch.Tensor, a: float, s: float, a_p: float, s_p: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """x at the earlier time (a_p, s_p) -> the later time (a, s) by q(x_t | x_s) (RePaint Eq. 9, respaced):
+        x_t = (a / a_p) x_s + sqrt(s^2 - (a / a_p)^2 s_p^2) z."""
+        a_ts = a / a_p
+        std = math.sqrt(max(s * s - a_ts * a_ts * s_p * s_p, 0.0))
+        return a_ts * x + std * randn(x.shape, like=x, generator=generator)
+
+    def steps_with_resampling(self, x, grid, step, generator, progress: bool = False, desc: str = ""):
+        """Run ``step(x, i) -> x`` over the grid, blending after each step and, with ``resample = r > 1``,
+        running each chunk of ``jump`` steps r times, noised back to its start in between (RePaint)."""
+        grid_list = [float(t) for t in grid]
+        alpha, sigma = _alpha_sigma(self.param.schedule, grid)
+        steps, jump = len(grid_list) - 1, int(self.start.jump)
+        for first in _progress(range(0, steps, jump), progress, desc):
+            end = min(first + jump, steps)
+            rounds = 1 if grid_list[end] == 0.0 else int(self.start.resample)  # no resampling from t = 0
+            for r in range(rounds):
+                if r > 0:  # back from t_end to t_first
+                    x = self.renoise(x, alpha[first], sigma[first], alpha[end], sigma[end], generator)
+                for i in range(first, end):
+                    x = self.blend(step(x, i), grid_list[i + 1])
+        return x
 
     def schedule_at(self, t: float, x: torch.Tensor) -> ScheduleOutput:
         """ScheduleOutput of 0-dim float32 tensors on x's device (computed in float64)."""
@@ -122,6 +226,7 @@ class Sampler:
     implement ``_run(net, param, x, opts, generator, progress) -> x0``."""
 
     name = "sampler"
+    supports_resampling = True  # RePaint's resampling needs steps without a history
 
     def __init__(self, **defaults: Any) -> None:
         self.defaults = dict(defaults)
@@ -148,10 +253,18 @@ class Sampler:
         steps: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        init: torch.Tensor | None = None,
+        strength: float = 1.0,
+        mask: torch.Tensor | None = None,
+        resample: int = 1,
+        jump: int = 1,
         **overrides: Any,
     ) -> SamplerOutput:
         opts = self._options(steps, overrides)
-        net = _Net(model_fn, param)
+        start = Start(init=init, strength=float(strength), mask=mask, resample=int(resample), jump=int(jump))
+        if start.resample > 1 and not self.supports_resampling:
+            raise ConfigError(f"{type(self).__name__} does not support resample > 1 (RePaint)")
+        net = _Net(model_fn, param, start)
         x = noise.float()
         with torch.no_grad():
             out = self._run(net, param, x, opts, generator, progress)
@@ -168,7 +281,8 @@ class Sampler:
         progress: bool = False,
         **overrides: Any,
     ) -> torch.Tensor:
-        """Samples (B, C, H, W) at t=0 from ``noise`` at t=1 (see the module docstring)."""
+        """Samples (B, C, H, W) at t=0 from ``noise`` at t=1 (see the module docstring; ``init``,
+        ``strength``, ``mask``, ``resample``, ``jump`` pass through to :meth:`sample`)."""
         out = self.sample(model_fn, param, noise, steps=steps, generator=generator, progress=progress, **overrides)
         return out.samples
 
@@ -233,25 +347,27 @@ class DDPMSampler(Sampler):
             if not sched.is_discrete:
                 raise ConfigError("DDPMSampler on a continuous path needs sampler.steps")
             steps = sched.num_timesteps
-        grid = opts["spacing"].grid(sched, steps)
+        grid = net.truncate(opts["spacing"].grid(sched, steps))
         alpha, sigma = _alpha_sigma(sched, grid)
         if opts["variance"] not in self._VARIANCES:
             raise ConfigError(f"sampler.variance={opts['variance']!r}; use one of {sorted(self._VARIANCES)}")
         fixed_variance = self._VARIANCES[opts["variance"]]
-        for i in _progress(range(steps), progress, "ddpm"):
+        last = grid.numel() - 2
+
+        def step(x: torch.Tensor, i: int) -> torch.Tensor:
             x0, _, v, _, _ = net.x0_eps(x, float(grid[i]))
             c_xt, c_x0, var_large, var_small = _posterior(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1])
             mean = c_xt * x + c_x0 * x0  # Ho et al. Eq. 7 (posterior mean with x0_hat)
-            if i == steps - 1:
-                x = mean  # last step (to t=0): c_xt = 0, mean = x0_hat, no noise
-                break
+            if i == last:
+                return mean  # last step (to t=0): c_xt = 0, mean = x0_hat, no noise
             z = randn(x.shape, like=x, generator=generator)
             if v is not None:
                 logvar = interpolate_log_variance(v, math.log(var_large), math.log(var_small))  # iDDPM Eq. 15
-                x = mean + torch.exp(0.5 * logvar) * z
-            else:
-                x = mean + math.sqrt(fixed_variance(var_large, var_small)) * z
-        return x
+                return mean + torch.exp(0.5 * logvar) * z
+            return mean + math.sqrt(fixed_variance(var_large, var_small)) * z
+
+        x = net.begin(x, float(grid[0]))
+        return net.steps_with_resampling(x, grid, step, generator, progress, "ddpm")
 
 
 class DDIMSampler(Sampler):
@@ -277,9 +393,10 @@ class DDIMSampler(Sampler):
 
     def _run(self, net, param, x, opts, generator, progress):
         steps, eta = int(opts["steps"]), float(opts["eta"])
-        grid = opts["spacing"].grid(param.schedule, steps)
+        grid = net.truncate(opts["spacing"].grid(param.schedule, steps))
         alpha, sigma = _alpha_sigma(param.schedule, grid)
-        for i in _progress(range(steps), progress, "ddim"):
+
+        def step(x: torch.Tensor, i: int) -> torch.Tensor:
             x0, eps, _, _, _ = net.x0_eps(x, float(grid[i]))
             a, s, a_p, s_p = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
             snr_ratio = (a * s_p) ** 2 / ((a_p * s) ** 2)  # SNR_t / SNR_prev in [0, 1]
@@ -287,7 +404,29 @@ class DDIMSampler(Sampler):
             x = a_p * x0 + math.sqrt(max(s_p * s_p - c * c, 0.0)) * eps  # Eq. 12, "direction pointing to x_t"
             if c > 0:
                 x = x + c * randn(x.shape, like=x, generator=generator)
-        return x
+            return x
+
+        x = net.begin(x, float(grid[0]))
+        return net.steps_with_resampling(x, grid, step, generator, progress, self.name)
+
+
+class EulerAncestralSampler(DDIMSampler):
+    """Ancestral Euler (k-diffusion's ``sample_euler_ancestral``, diffusers' EulerAncestralDiscreteScheduler)
+    in the variable x/alpha with sigma = sigma_t/alpha_t: with sigma_up = sqrt(s'^2 (s^2 - s'^2) / s^2) and
+    sigma_down = sqrt(s'^2 - sigma_up^2), an Euler step to sigma_down along d = (x - x0_hat)/sigma, then
+    fresh noise of std sigma_up.
+
+    Written out, x' = x0_hat + (sigma_down/sigma)(x - x0_hat) + sigma_up z = x0_hat + sigma_down eps_hat
+    + sigma_up z, and sigma_down = s'^2/s, sigma_up = s' sqrt(1 - s'^2/s^2): this is DDIM's update (Song et
+    al. Eq. 12 with Eq. 16) at eta = 1, which is how it is computed here (also where alpha = 0 at t = 1).
+    ``eta`` < 1 scales the injected noise as k-diffusion's ``eta`` does (the same as DDIM's eta). Use
+    ``spacing=karras`` for the k-diffusion setting.
+    """
+
+    name = "euler_ancestral"
+
+    def __init__(self, steps: int = 50, eta: float = 1.0, spacing: str | Spacing = "trailing") -> None:
+        super().__init__(steps=steps, eta=eta, spacing=spacing)
 
 
 # =============================================================================================
@@ -305,12 +444,15 @@ class EulerSampler(Sampler):
         super().__init__(steps=steps, spacing=spacing)
 
     def _run(self, net, param, x, opts, generator, progress):
-        steps = int(opts["steps"])
-        grid = opts["spacing"].grid(param.schedule, steps).tolist()
-        for i in _progress(range(steps), progress, "euler"):
+        grid_t = net.truncate(opts["spacing"].grid(param.schedule, int(opts["steps"])))
+        grid, last = grid_t.tolist(), grid_t.numel() - 2
+
+        def step(x: torch.Tensor, i: int) -> torch.Tensor:
             d, x0 = net.velocity(x, grid[i])
-            x = x0 if i == steps - 1 else x + (grid[i + 1] - grid[i]) * d
-        return x
+            return x0 if i == last else x + (grid[i + 1] - grid[i]) * d
+
+        x = net.begin(x, grid[0])
+        return net.steps_with_resampling(x, grid_t, step, generator, progress, "euler")
 
 
 class HeunSampler(Sampler):
@@ -327,18 +469,20 @@ class HeunSampler(Sampler):
         return None if n is None else 2 * n - 1
 
     def _run(self, net, param, x, opts, generator, progress):
-        steps = int(opts["steps"])
-        grid = opts["spacing"].grid(param.schedule, steps).tolist()
-        for i in _progress(range(steps), progress, "heun"):
+        grid_t = net.truncate(opts["spacing"].grid(param.schedule, int(opts["steps"])))
+        grid, last = grid_t.tolist(), grid_t.numel() - 2
+
+        def step(x: torch.Tensor, i: int) -> torch.Tensor:
             d, x0 = net.velocity(x, grid[i])
-            if i == steps - 1:
-                x = x0
-                break
+            if i == last:
+                return x0
             h = grid[i + 1] - grid[i]
             x_e = x + h * d  # Euler predictor
             d_e, _ = net.velocity(x_e, grid[i + 1])
-            x = x + h * 0.5 * (d + d_e)  # trapezoidal corrector
-        return x
+            return x + h * 0.5 * (d + d_e)  # trapezoidal corrector
+
+        x = net.begin(x, grid[0])
+        return net.steps_with_resampling(x, grid_t, step, generator, progress, "heun")
 
 
 class Dopri5Sampler(Sampler):
@@ -350,6 +494,7 @@ class Dopri5Sampler(Sampler):
     """
 
     name = "dopri5"
+    supports_resampling = False
 
     def __init__(self, atol: float = 1e-5, rtol: float = 1e-5, t_end: float = 0.0) -> None:
         super().__init__(atol=atol, rtol=rtol, t_end=t_end)
@@ -362,11 +507,17 @@ class Dopri5Sampler(Sampler):
 
         sched = param.schedule
         t_lo = max(float(opts["t_end"]), sched.t_min)
+        if net.start.mask is not None:
+            raise ConfigError("Dopri5Sampler cannot blend a mask inside its adaptive steps: use a fixed-step sampler")
+        t_hi = 1.0 if net.start.init is None else float(net.start.strength)  # SDEdit: start at t = strength
+        if t_hi <= t_lo:
+            return net.start.init.to(x) if net.start.init is not None else x
+        x = net.begin(x, t_hi)
 
         def drift(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return net.velocity(y, float(t))[0]
 
-        ts = torch.tensor([1.0, t_lo], dtype=torch.float32, device=x.device)
+        ts = torch.tensor([t_hi, t_lo], dtype=torch.float32, device=x.device)
         x = odeint(drift, x, ts, method="dopri5", atol=float(opts["atol"]), rtol=float(opts["rtol"]))[-1]
         if float(sched(torch.tensor(t_lo, dtype=torch.float64)).sigma_t) > 0:
             x = net.x0_eps(x, t_lo)[0]
@@ -386,22 +537,24 @@ class DPMSolverPP2MSampler(Sampler):
     """
 
     name = "dpmpp_2m"
+    supports_resampling = False  # its multistep history would not survive a jump back in time
 
     def __init__(self, steps: int = 20, spacing: str | Spacing = "trailing") -> None:
         super().__init__(steps=steps, spacing=spacing)
 
     def _run(self, net, param, x, opts, generator, progress):
-        steps = int(opts["steps"])
-        grid = opts["spacing"].grid(param.schedule, steps)
+        grid = net.truncate(opts["spacing"].grid(param.schedule, int(opts["steps"])))
+        steps = grid.numel() - 1
         alpha, sigma = _alpha_sigma(param.schedule, grid)
         a_t, s_t = torch.tensor(alpha, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64)
         lam = (torch.log(a_t) - torch.log(s_t)).tolist()  # -inf at alpha=0, +inf at sigma=0
         x0_prev, h_prev = None, None
+        x = net.begin(x, float(grid[0]))
         for i in _progress(range(steps), progress, "dpm-solver++(2m)"):
             x0, _, _, _, _ = net.x0_eps(x, float(grid[i]))
             a, s, a_n, s_n = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
             if s_n == 0.0:
-                x = x0  # final first-order step to sigma=0: e^{-h} = 0, alpha = 1
+                x = net.blend(x0, 0.0)  # final first-order step to sigma=0: e^{-h} = 0, alpha = 1
                 break
             h = lam[i + 1] - lam[i]
             exp_mh = (a * s_n) / (s * a_n)  # e^{-h}, exact 0 when alpha_i = 0
@@ -411,5 +564,6 @@ class DPMSolverPP2MSampler(Sampler):
                 r = h_prev / h
                 d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev  # Lu et al. Alg. 2: 2nd-order multistep combination
             x = (s_n / s) * x - a_n * (exp_mh - 1.0) * d  # Lu et al. Alg. 2: exponential-integrator update
+            x = net.blend(x, float(grid[i + 1]))
             x0_prev, h_prev = x0, h
         return x

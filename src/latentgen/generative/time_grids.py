@@ -15,10 +15,20 @@ indices of diffusers' ``timestep_spacing`` (Lin et al. 2023, Table 2):
   "linspace"; its DPMSolverMultistep "linspace" is a different grid). On a continuous path:
   ``linspace(1, t_min, N)`` (default ``t_min = 1/N``, which equals trailing; ``t_min = 1/1000`` is
   diffusers' FlowMatchEulerDiscreteScheduler grid).
+- ``karras`` (:class:`KarrasSpacing`, Karras et al. 2022, Eq. 5, rho = 7): the noise levels
+  ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho`` of the
+  variance-exploding variable ``sigma = sigma_t / alpha_t``, turned into times by the schedule's inverse
+  log-SNR (``t = lambda^{-1}(-2 log sigma)``). Times are fractional on discrete schedules (the samplers then
+  see exactly these sigmas, as diffusers' EulerDiscreteScheduler with ``use_karras_sigmas``). Default
+  ``sigma_min``/``sigma_max``: the schedule's sigma at ``t_min`` and at t=1 (for discrete schedules the first
+  and last training step); a path with alpha(1) = 0 (rectified flow) needs an explicit ``sigma_max``.
+- ``shifted`` (:class:`ShiftedSpacing`, Esser et al. 2024, §5.3.2, SD3): ``t' = s t / (1 + (s - 1) t)`` of
+  ``linspace(1, t_min, N)``; shift s > 1 spends more steps at high noise. Meant for flow matching.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -26,7 +36,16 @@ import torch
 from latentgen.errors import ConfigError
 from latentgen.generative.schedules import NoiseSchedule
 
-__all__ = ["SPACINGS", "LeadingSpacing", "LinspaceSpacing", "Spacing", "TrailingSpacing", "resolve_spacing"]
+__all__ = [
+    "SPACINGS",
+    "KarrasSpacing",
+    "LeadingSpacing",
+    "LinspaceSpacing",
+    "ShiftedSpacing",
+    "Spacing",
+    "TrailingSpacing",
+    "resolve_spacing",
+]
 
 
 class Spacing:
@@ -110,10 +129,81 @@ class LinspaceSpacing(Spacing):
         return f"LinspaceSpacing(t_min={self.t_min})"
 
 
+class KarrasSpacing(Spacing):
+    """Karras et al. 2022, Eq. 5: sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
+    in sigma = sigma_t/alpha_t, mapped to t by the schedule's inverse log-SNR (see the module docstring)."""
+
+    def __init__(self, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None) -> None:
+        self.rho = float(rho)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def sigmas(self, schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+        """(steps,) float64 descending sigma = sigma_t/alpha_t of Eq. 5."""
+
+        def ve_sigma(t: float) -> float:
+            s = schedule(torch.tensor(t, dtype=torch.float64))
+            return float(s.sigma_t / s.alpha_t) if float(s.alpha_t) > 0 else float("inf")
+
+        lo = ve_sigma(schedule.t_min) if self.sigma_min is None else float(self.sigma_min)
+        hi = ve_sigma(1.0) if self.sigma_max is None else float(self.sigma_max)
+        if not (math.isfinite(hi) and 0 < lo < hi):
+            raise ConfigError(
+                f"KarrasSpacing needs 0 < sigma_min < sigma_max < inf, got ({lo}, {hi}) on {schedule!r}; "
+                "set sampler.spacing.sigma_max (and sigma_min) for a path whose alpha reaches 0"
+            )
+        if steps == 1:
+            return torch.tensor([hi], dtype=torch.float64)
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        inv_rho = 1.0 / self.rho
+        return (hi**inv_rho + ramp * (lo**inv_rho - hi**inv_rho)) ** self.rho  # Karras et al. Eq. 5
+
+    def grid(self, schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+        if steps < 1:
+            raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
+        sigma = self.sigmas(schedule, steps)
+        t = schedule.t_from_log_snr(-2.0 * torch.log(sigma)).double().clamp(0.0, 1.0)  # lambda = -2 log sigma
+        if self.sigma_max is None:
+            t[0] = 1.0  # exactly t=1 (the inverse is exact up to rounding)
+        return torch.cat([t, torch.zeros(1, dtype=torch.float64)])  # (steps + 1,)
+
+    def __repr__(self) -> str:
+        return f"KarrasSpacing(rho={self.rho}, sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+
+class ShiftedSpacing(Spacing):
+    """SD3's shifted grid (Esser et al. 2024, §5.3.2): t' = s t / (1 + (s - 1) t) of linspace(1, t_min, N).
+
+    ``t_min`` defaults to 1/N; ``t_min = shift(1/1000)`` (``3 / 1002`` for s = 3) reproduces diffusers'
+    FlowMatchEulerDiscreteScheduler(shift=s), which shifts its own minimum before shifting the grid.
+    Discrete schedules get the same fractional times."""
+
+    def __init__(self, shift: float = 3.0, t_min: float | None = None) -> None:
+        if float(shift) <= 0:
+            raise ConfigError(f"ShiftedSpacing(shift={shift}) must be > 0")
+        self.shift, self.t_min = float(shift), t_min
+
+    def shifted(self, t: torch.Tensor) -> torch.Tensor:
+        return self.shift * t / (1.0 + (self.shift - 1.0) * t)
+
+    def grid(self, schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+        if steps < 1:
+            raise ConfigError(f"sampler.steps must be >= 1, got {steps}")
+        t_min = 1.0 / steps if self.t_min is None else float(self.t_min)
+        base = (
+            torch.ones(1, dtype=torch.float64) if steps == 1 else torch.linspace(1.0, t_min, steps, dtype=torch.float64)
+        )
+        return torch.cat([self.shifted(base), torch.zeros(1, dtype=torch.float64)])  # (steps + 1,)
+
+    def __repr__(self) -> str:
+        return f"ShiftedSpacing(shift={self.shift}, t_min={self.t_min})"
+
+
 SPACINGS: dict[str, Callable[[], Spacing]] = {
     "leading": LeadingSpacing,
     "trailing": TrailingSpacing,
     "linspace": LinspaceSpacing,
+    "karras": KarrasSpacing,
+    "shifted": ShiftedSpacing,
 }
 
 

@@ -104,6 +104,11 @@ class LatentGenerativeSystem(L.LightningModule):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.first_stage.decode_scaled(z).clamp(-1, 1)
 
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> the scaled latents the denoiser models (posterior mean)."""
+        return self.first_stage.encode_scaled(images.to(self.device))
+
     def step_loss(self, nets: nn.ModuleDict, batch: dict[str, Any], rng: BatchRandomness) -> tuple[torch.Tensor, dict]:
         """The loss of one step of ``nets`` (the live ones or the EMA copy) on ``batch``: training and
         validation both take this path.
@@ -208,8 +213,18 @@ class LatentGenerativeSystem(L.LightningModule):
         use_ema: bool = True,
         sampler: Sampler | None = None,
         return_latents: bool = False,
+        uncond_batch: dict[str, Any] | None = None,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
+        **start: Any,
     ) -> torch.Tensor:
         """Generate one image per sample of ``batch`` (its labels/captions/concat inputs condition them).
+
+        ``uncond_batch`` conditions the unconditional branch of guidance instead of the null condition (a
+        negative prompt: ``{"caption": [...]}``); ``guidance_rescale`` (phi) and ``guidance_interval`` are
+        :class:`~latentgen.generative.guidance.CFGModelFn`'s options. ``start`` (``init`` scaled latents,
+        ``strength``, ``mask`` at latent size, ``resample``) goes to the sampler: image-to-image and
+        inpainting with any model (:mod:`latentgen.generative.samplers`).
 
         Returns images in [-1, 1], (B, C, H, W) (or latents when ``return_latents``).
         """
@@ -222,7 +237,10 @@ class LatentGenerativeSystem(L.LightningModule):
         conditioner.eval()
         try:
             cond = conditioner(batch)
-            uncond = conditioner.null(batch) if scale != 1.0 else Conditioning()
+            if scale == 1.0:
+                uncond = Conditioning()
+            else:
+                uncond = conditioner.null(batch) if uncond_batch is None else conditioner(uncond_batch)
         finally:
             conditioner.train(was_training)
         b = batch_size_of(batch)
@@ -231,8 +249,16 @@ class LatentGenerativeSystem(L.LightningModule):
                 raise ConfigError("the latent shape is unknown: build the system with image_size=${data.resolution}")
             noise = torch.randn((b, *self.latent_shape), generator=generator, device="cpu").to(self.device)
         param = self.objective.parameterization
-        model_fn = CFGModelFn(denoiser, cond, uncond, scale, learn_variance=param.learn_variance)
-        z = sampler(model_fn, param, noise, steps=steps, generator=generator)
+        model_fn = CFGModelFn(
+            denoiser,
+            cond,
+            uncond,
+            scale,
+            learn_variance=param.learn_variance,
+            rescale=guidance_rescale,
+            interval=guidance_interval,
+        )
+        z = sampler(model_fn, param, noise, steps=steps, generator=generator, **start)
         return z if return_latents else self.decode(z)
 
     @torch.no_grad()
