@@ -1,0 +1,1 @@
+"""Interoperability with diffusers: import its pretrained models, export latentgen's as diffusers folders."""
