@@ -195,7 +195,7 @@ def _prefix_map(unet: UNet) -> dict[str, tuple[str, dict[str, str]]]:
     out["middle_blocks.0.attn"] = ("mid_block.attentions.0", attn_map)
     out["middle_blocks.1.res"] = ("mid_block.resnets.1", _RES)
     per_level = len(unet.output_blocks) // (level + 1)
-    for b, block in enumerate(unet.output_blocks):
+    for b in range(len(unet.output_blocks)):
         up, j = divmod(b, per_level)
         out[f"output_blocks.{b}.res"] = (f"up_blocks.{up}.resnets.{j}", _RES)
         out[f"output_blocks.{b}.attn"] = (f"up_blocks.{up}.attentions.{j}", attn_map)
