@@ -117,6 +117,35 @@ def make_first_stage_export(out_dir: Path, overrides: list[str], scale: float = 
     return export_first_stage(autoencoder, to_container(cfg.autoencoder), Path(out_dir) / "autoencoder.safetensors")
 
 
+# A tiny SD-like diffusers AutoencoderKL (f=2, 4 latent channels, mid-block attention), 16 px friendly.
+TINY_DIFFUSERS_VAE = {
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "scaling_factor": 0.18215,
+}
+
+
+def make_diffusers_vae(out_dir: Path, seed: int = 0, **config) -> Path:
+    """A random-weight diffusers ``AutoencoderKL`` made by diffusers itself and written with ``save_pretrained``
+    to ``out_dir`` (its weights perturbed away from diffusers' init, so zero biases or unit norms prove nothing).
+    ``config`` overrides :data:`TINY_DIFFUSERS_VAE`."""
+    from diffusers import AutoencoderKL
+
+    config = {**TINY_DIFFUSERS_VAE, **config}
+    n = len(config["block_out_channels"])  # one block type per level unless the caller gives them
+    config.setdefault("down_block_types", ["DownEncoderBlock2D"] * n)
+    config.setdefault("up_block_types", ["UpDecoderBlock2D"] * n)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**config)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    vae.save_pretrained(out_dir, safe_serialization=True)
+    return Path(out_dir)
+
+
 class Throttle(L.Callback):
     """Sleep after every training batch, so that a signal can land mid-training (used through the CLI)."""
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from latentgen.errors import ConfigError, LatentgenError
+from latentgen.errors import ConfigError, LatentgenError, WeightsNotFoundError
 
 
 # ---------------------------------------------------------------------------------------------- resolvers
@@ -53,12 +54,58 @@ def _log2(x: int) -> int:
     return x.bit_length() - 1
 
 
+# A pretrained diffusers AutoencoderKL (``autoencoder=diffusers``): its folder and the files it must hold.
+DIFFUSERS_VAE_CONFIG = "config.json"
+DIFFUSERS_VAE_WEIGHTS = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_VAE_HOWTO = (
+    "first_stage.path must be a diffusers AutoencoderKL folder holding config.json and "
+    "diffusion_pytorch_model.safetensors (or a pipeline folder with them in vae/). Nothing is downloaded at run "
+    "time: for the Stable Diffusion VAE of DiT/SiT get both files from https://huggingface.co/stabilityai/sd-vae-ft-ema "
+    "(`huggingface-cli download stabilityai/sd-vae-ft-ema config.json diffusion_pytorch_model.safetensors "
+    "--local-dir /data/sd-vae-ft-ema`) and run with autoencoder=diffusers first_stage.path=/data/sd-vae-ft-ema"
+)
+
+
+def diffusers_vae_dir(path: Any) -> Path:
+    """The folder of a diffusers ``AutoencoderKL``: ``path`` itself, or ``path/vae`` for a pipeline folder.
+
+    Raises :class:`ConfigError` for a null path and :class:`WeightsNotFoundError` naming the missing file.
+    """
+    if path is None or str(path) in ("", "None", "null"):
+        raise ConfigError(f"autoencoder=diffusers needs first_stage.path=<folder>. {DIFFUSERS_VAE_HOWTO}")
+    root = Path(str(path)).expanduser()
+    for folder in (root, root / "vae"):
+        if (folder / DIFFUSERS_VAE_CONFIG).is_file():
+            return folder
+    what = "does not exist" if not root.exists() else f"has no {DIFFUSERS_VAE_CONFIG} (nor vae/{DIFFUSERS_VAE_CONFIG})"
+    raise WeightsNotFoundError(f"first_stage.path='{root}' {what}. {DIFFUSERS_VAE_HOWTO}")
+
+
+def read_diffusers_vae_config(path: Any) -> dict[str, Any]:
+    """The ``config.json`` of the diffusers ``AutoencoderKL`` at ``path`` (see :func:`diffusers_vae_dir`)."""
+    return dict(json.loads((diffusers_vae_dir(path) / DIFFUSERS_VAE_CONFIG).read_text()))
+
+
+def _vae_config(path: Any, key: str) -> Any:
+    """``${vae_config:<folder>,<key>}``: a value of a diffusers VAE's config.json, or its ``downsample_factor``
+    (2**(len(block_out_channels)-1)), so that configs can interpolate ``${autoencoder.latent_channels}``."""
+    config = read_diffusers_vae_config(path)
+    if key == "downsample_factor":
+        return 2 ** (len(config.get("block_out_channels", (64,))) - 1)
+    if key == "latent_channels":
+        return int(config.get("latent_channels", 4))
+    if key not in config:
+        raise ConfigError(f"{diffusers_vae_dir(path) / DIFFUSERS_VAE_CONFIG} has no key '{key}'")
+    return config[key]
+
+
 RESOLVERS = {
     "floordiv": _floordiv,
     "mul": _mul,
     "add": _add,
     "out_channels": _out_channels,
     "log2": _log2,
+    "vae_config": _vae_config,
 }
 
 
@@ -132,6 +179,7 @@ SAFE_BASES = (
     "latentgen.metrics.feature_metrics.FeatureMetric",
 )
 FACTORIES = (
+    "latentgen.interop.diffusers_vae.autoencoder_from_diffusers",
     "latentgen.systems.lr_schedules.warmup_cosine",
     "latentgen.conditioning.tokenizers.vocabulary_from_dataset",
     "latentgen.metrics.dataset_classifier.dataset_classifier_extractor",

@@ -181,11 +181,15 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def latent_contract(autoencoder: Autoencoder, resolution: int) -> dict[str, Any]:
-    """What the second stage sees of a first stage: f, latent channels and shape, scale and shift."""
-    return {
+    """What the second stage sees of a first stage: f, latent channels and shape, scale and shift, and for a
+    pretrained first stage (``autoencoder=diffusers``) its name under ``pretrained``."""
+    contract: dict[str, Any] = {
         "downsample_factor": int(autoencoder.downsample_factor),
         "latent_channels": int(autoencoder.latent_channels),
         "latent_shape": list(autoencoder.latent_shape(resolution)),
         "latent_scale": float(autoencoder.latent_scale),
         "latent_shift": float(autoencoder.latent_shift),
     }
+    if getattr(autoencoder, "pretrained", None):
+        contract["pretrained"] = str(autoencoder.pretrained)
+    return contract

@@ -52,6 +52,11 @@ class Autoencoder(nn.Module):
         downsample_factor: f; must agree with the encoder's and decoder's ``ch_mult`` (f = 2**(len-1)).
         latent_channels: channels of the latent the second stage sees.
         quant_conv: add LDM's 1x1 ``quant_conv`` / ``post_quant_conv`` (channel-preserving, see module doc).
+        post_quant_conv: add the 1x1 ``post_quant_conv``; ``None`` (default) follows ``quant_conv``. diffusers'
+            ``AutoencoderKL`` switches the two separately (``use_quant_conv`` / ``use_post_quant_conv``).
+        pretrained: the name of the pretrained weights this autoencoder was loaded from (e.g. the folder of
+            a diffusers VAE, :mod:`latentgen.interop.diffusers_vae`), or None. A pretrained first stage is
+            frozen: :attr:`is_trainable` is False, so no run trains it, and the latent contract names it.
     """
 
     latent_scale: torch.Tensor  # () buffer, registered in __init__
@@ -65,14 +70,18 @@ class Autoencoder(nn.Module):
         downsample_factor: int,
         latent_channels: int,
         quant_conv: bool = True,
+        post_quant_conv: bool | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
+        self.pretrained = None if pretrained is None else str(pretrained)
         self.downsample_factor, self.latent_channels = int(downsample_factor), int(latent_channels)
         self._check(encoder, regularizer, decoder)
         self.encoder, self.regularizer, self.decoder = encoder, regularizer, decoder
         c, mc = self.latent_channels, self.latent_channels * regularizer.moments_factor
         self.quant_conv: nn.Module = nn.Conv2d(mc, mc, 1) if quant_conv else nn.Identity()
-        self.post_quant_conv: nn.Module = nn.Conv2d(c, c, 1) if quant_conv else nn.Identity()
+        post_quant_conv = quant_conv if post_quant_conv is None else post_quant_conv
+        self.post_quant_conv: nn.Module = nn.Conv2d(c, c, 1) if post_quant_conv else nn.Identity()
         self.register_buffer("latent_scale", torch.tensor(1.0))  # persistent: saved in the checkpoint
         self.register_buffer("latent_shift", torch.tensor(0.0))
 
@@ -140,8 +149,8 @@ class Autoencoder(nn.Module):
 
     @property
     def is_trainable(self) -> bool:
-        """False when the autoencoder has no parameters at all (the f = 1 identity)."""
-        return any(True for _ in self.parameters())
+        """False when the autoencoder has no parameters at all (the f = 1 identity) or is ``pretrained``."""
+        return self.pretrained is None and any(True for _ in self.parameters())
 
     # -------------------------------------------------------------------------------- second stage
     def encode_raw(self, x: torch.Tensor) -> torch.Tensor:

@@ -65,11 +65,11 @@ class _Level(nn.Module):
 class _Mid(nn.Module):
     """ResBlock - SpatialSelfAttention - ResBlock at the lowest resolution."""
 
-    def __init__(self, channels: int, dropout: float, attention: bool) -> None:
+    def __init__(self, channels: int, dropout: float, attention: bool, norm_groups: int, qkv_bias: bool) -> None:
         super().__init__()
-        self.block_1 = ResBlock(channels, channels, dropout=dropout)
-        self.attn_1: nn.Module = SpatialSelfAttention(channels) if attention else nn.Identity()
-        self.block_2 = ResBlock(channels, channels, dropout=dropout)
+        self.block_1 = ResBlock(channels, channels, dropout=dropout, norm_groups=norm_groups)
+        self.attn_1: nn.Module = SpatialSelfAttention(channels, norm_groups, qkv_bias) if attention else nn.Identity()
+        self.block_2 = ResBlock(channels, channels, dropout=dropout, norm_groups=norm_groups)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -91,6 +91,10 @@ class Encoder(nn.Module):
         mid_block: whether to add the mid block (ResBlock - attention - ResBlock).
         mid_attention: whether the mid block has its attention layer. Global attention costs O((HW)^2),
             so configs with f = 1 or 2 turn it off.
+        norm_groups: GroupNorm groups of every norm; a layer with C channels uses gcd(C, norm_groups)
+            groups (so tiny widths still work). A diffusers ``AutoencoderKL`` uses ``norm_num_groups`` in
+            every layer, i.e. a value that divides every width.
+        attn_qkv_bias: biases on the attention's q/k/v projections (diffusers' VAE attention has them).
     """
 
     def __init__(
@@ -105,12 +109,16 @@ class Encoder(nn.Module):
         dropout: float = 0.0,
         mid_block: bool = True,
         mid_attention: bool = True,
+        norm_groups: int = 32,
+        attn_qkv_bias: bool = False,
     ) -> None:
         super().__init__()
         self.ch_mult = _check_common("encoder", ch, ch_mult, num_res_blocks, resolution)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.ch, self.num_res_blocks, self.resolution = int(ch), int(num_res_blocks), int(resolution)
         self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
+        self.norm_groups, self.attn_qkv_bias = int(norm_groups), bool(attn_qkv_bias)
+        g, qkv_bias = self.norm_groups, self.attn_qkv_bias
 
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         in_mult = (1,) + self.ch_mult
@@ -121,16 +129,16 @@ class Encoder(nn.Module):
             level = _Level()
             block_in, block_out = ch * in_mult[i], ch * mult
             for _ in range(num_res_blocks):
-                level.block.append(ResBlock(block_in, block_out, dropout=dropout))
+                level.block.append(ResBlock(block_in, block_out, dropout=dropout, norm_groups=g))
                 block_in = block_out
                 if curr_res in self.attn_resolutions:
-                    level.attn.append(SpatialSelfAttention(block_in))
+                    level.attn.append(SpatialSelfAttention(block_in, g, qkv_bias))
             if i != len(self.ch_mult) - 1:
                 level.resample = Downsample(block_in, with_conv=True)
                 curr_res //= 2
             self.down.append(level)
-        self.mid: nn.Module = _Mid(block_in, dropout, mid_attention) if mid_block else nn.Identity()
-        self.norm_out = group_norm(block_in)
+        self.mid: nn.Module = _Mid(block_in, dropout, mid_attention, g, qkv_bias) if mid_block else nn.Identity()
+        self.norm_out = group_norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 
     @property
@@ -148,8 +156,8 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Latent (B, in_channels, H/f, W/f) -> image (B, out_channels, H, W).
 
-    Args mirror :class:`Encoder`; ``in_channels`` is ``latent_channels`` and ``out_channels`` the image
-    channels. Each level has ``num_res_blocks + 1`` ResBlocks (LDM layout). The last layer is
+    Args mirror :class:`Encoder` (``norm_groups`` and ``attn_qkv_bias`` included); ``in_channels`` is
+    ``latent_channels`` and ``out_channels`` the image channels. Each level has ``num_res_blocks + 1`` ResBlocks (LDM layout). The last layer is
     ``conv_out``; its weight is the "last layer" of the adaptive GAN weight.
     """
 
@@ -165,32 +173,36 @@ class Decoder(nn.Module):
         dropout: float = 0.0,
         mid_block: bool = True,
         mid_attention: bool = True,
+        norm_groups: int = 32,
+        attn_qkv_bias: bool = False,
     ) -> None:
         super().__init__()
         self.ch_mult = _check_common("decoder", ch, ch_mult, num_res_blocks, resolution)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.ch, self.num_res_blocks, self.resolution = int(ch), int(num_res_blocks), int(resolution)
         self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
+        self.norm_groups, self.attn_qkv_bias = int(norm_groups), bool(attn_qkv_bias)
+        g, qkv_bias = self.norm_groups, self.attn_qkv_bias
 
         block_in = ch * self.ch_mult[-1]
         curr_res = resolution // self.downsample_factor
         self.conv_in = nn.Conv2d(in_channels, block_in, 3, padding=1)
-        self.mid: nn.Module = _Mid(block_in, dropout, mid_attention) if mid_block else nn.Identity()
+        self.mid: nn.Module = _Mid(block_in, dropout, mid_attention, g, qkv_bias) if mid_block else nn.Identity()
         # Levels are built (and run) from the lowest resolution up; self.up[0] is the lowest.
         self.up = nn.ModuleList()
         for i in reversed(range(len(self.ch_mult))):
             level = _Level()
             block_out = ch * self.ch_mult[i]
             for _ in range(num_res_blocks + 1):
-                level.block.append(ResBlock(block_in, block_out, dropout=dropout))
+                level.block.append(ResBlock(block_in, block_out, dropout=dropout, norm_groups=g))
                 block_in = block_out
                 if curr_res in self.attn_resolutions:
-                    level.attn.append(SpatialSelfAttention(block_in))
+                    level.attn.append(SpatialSelfAttention(block_in, g, qkv_bias))
             if i != 0:
                 level.resample = Upsample(block_in, with_conv=True)
                 curr_res *= 2
             self.up.append(level)
-        self.norm_out = group_norm(block_in)
+        self.norm_out = group_norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 
     @property

@@ -1,1 +1,7 @@
-"""Interoperability with diffusers: import its pretrained models, export latentgen's as diffusers folders."""
+"""Interoperability with other libraries' model folders (diffusers), through latentgen's own modules only.
+
+:mod:`latentgen.interop.diffusers_vae`: a diffusers ``AutoencoderKL`` folder as latentgen's first stage, and a
+latentgen KL autoencoder written as one. :mod:`latentgen.interop.diffusers_unet`: latentgen's UNet as diffusers'
+``UNet2DModel`` / ``UNet2DConditionModel`` and back. :mod:`latentgen.interop.diffusers_scheduler`: the diffusers
+scheduler config that samples as a latentgen sampler does. ``python -m latentgen.export`` uses all three.
+"""

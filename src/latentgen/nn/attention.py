@@ -14,16 +14,26 @@ from latentgen.nn.norms import group_norm
 
 
 class Attention(nn.Module):
-    """Multi-head attention of ``x`` over ``context`` (self-attention when ``context`` is None)."""
+    """Multi-head attention of ``x`` over ``context`` (self-attention when ``context`` is None).
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4, dim_head: int = 32) -> None:
+    ``qkv_bias`` gives the q/k/v projections biases (diffusers' VAE attention has them; LDM's UNet does not).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        heads: int = 4,
+        dim_head: int = 32,
+        qkv_bias: bool = False,
+    ) -> None:
         super().__init__()
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads, self.dim_head = heads, dim_head
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_q = nn.Linear(query_dim, inner, bias=qkv_bias)
+        self.to_k = nn.Linear(context_dim, inner, bias=qkv_bias)
+        self.to_v = nn.Linear(context_dim, inner, bias=qkv_bias)
         self.to_out = nn.Linear(inner, query_dim)
 
     def forward(
@@ -43,12 +53,16 @@ class Attention(nn.Module):
 
 
 class SpatialSelfAttention(nn.Module):
-    """Single-head self-attention over all H*W positions with a residual (the LDM autoencoder's AttnBlock)."""
+    """Single-head self-attention over all H*W positions with a residual (the LDM autoencoder's AttnBlock).
 
-    def __init__(self, channels: int) -> None:
+    ``norm_groups``: GroupNorm groups (reduced to a divisor of ``channels``); ``qkv_bias``: biases on q/k/v
+    (LDM's 1x1 convs and diffusers' ``Attention`` have them; off by default, as latentgen always had it).
+    """
+
+    def __init__(self, channels: int, norm_groups: int = 32, qkv_bias: bool = False) -> None:
         super().__init__()
-        self.norm = group_norm(channels)
-        self.attn = Attention(channels, heads=1, dim_head=channels)
+        self.norm = group_norm(channels, norm_groups)
+        self.attn = Attention(channels, heads=1, dim_head=channels, qkv_bias=qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -51,11 +51,17 @@ class Job:
         return self.choices.get("objective") or _override_value(self.overrides, "objective") or "?"
 
     @property
+    def pretrained(self) -> str | None:
+        """The name of the pretrained first stage (e.g. a diffusers VAE folder) the run used, or None."""
+        name = self.latent.get("pretrained")
+        return None if name is None else str(name)
+
+    @property
     def label(self) -> str:
-        """``f=8``; for a job without a latent contract (failed, unfinished) the group choices its
-        overrides made (``ldm=f16``), else its number."""
+        """``f=8``, or ``f=8 pretrained (sd-vae-ft-ema)`` for a pretrained first stage; for a job without a
+        latent contract (failed, unfinished) the group choices its overrides made (``ldm=f16``), else its number."""
         if self.f is not None:
-            return f"f={self.f}"
+            return f"f={self.f}" + (f" pretrained ({self.pretrained})" if self.pretrained else "")
         chosen = [o.lstrip("+~") for o in self.overrides if o.partition("=")[0].lstrip("+~") in self.choices]
         return ", ".join(chosen) or f"job {self.num}"
 

@@ -62,7 +62,7 @@ def summary_rows(jobs: list[Job]) -> list[dict[str, Any]]:
         last = j.milestones[-1] if j.milestones else {}
         c = j.compute
         row: dict[str, Any] = {
-            "job": j.num, "f": j.f, "objective": j.objective, "z_shape": j.latent_shape,
+            "job": j.num, "f": j.f, "pretrained": j.pretrained, "objective": j.objective, "z_shape": j.latent_shape,
             "rfid": rec.get("rfid"), "psnr": rec.get("psnr_mean"), "ssim": rec.get("ssim_mean"),
             "lpips": rec.get("lpips_mean"),
             "last_step": last.get("step"), **{f"{k}": (last.get("metrics") or {}).get(k)
