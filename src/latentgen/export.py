@@ -8,6 +8,12 @@ writes what diffusers' ``from_pretrained`` opens::
     out/unet/        UNet2DModel (denoiser=unet_plain) or UNet2DConditionModel (cross-attention), EMA weights
     out/scheduler/   DDPM / DDIM / DPMSolverMultistep / FlowMatchEulerDiscrete scheduler_config.json
     out/model_index.json
+    out/pipeline.py  the sampling loop as a diffusers pipeline (``latentgen.interop.latent_pipeline``)
+
+Open and sample it with diffusers alone::
+
+    pipe = DiffusionPipeline.from_pretrained(out, custom_pipeline=f"{out}/pipeline.py", trust_remote_code=True)
+    images = pipe(batch_size=4, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).images
 
 A ``model=autoencoder`` checkpoint (or ``vae_only=true``) writes ``out/vae/`` only. The exported UNet takes
 diffusers' timesteps (``k`` for diffusion, ``1000 sigma`` for flows); class labels (``conditioner=class_vector``)
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,6 +94,7 @@ def export_to_diffusers(
     """Write ``unet/``, ``scheduler/``, ``model_index.json`` (and ``vae/``) of a LatentGenerativeSystem."""
     import diffusers
 
+    from latentgen.interop import latent_pipeline
     from latentgen.interop.diffusers_scheduler import diffusers_scheduler_config, time_shift
     from latentgen.interop.diffusers_unet import unet_to_diffusers
     from latentgen.networks.unet import UNet
@@ -101,7 +109,9 @@ def export_to_diffusers(
     class_table = _class_table(conditioner)
     unet = unet_to_diffusers(denoiser, time_shift=time_shift(param), class_table=class_table)
     if class_table is not None:
-        log.info("class labels: 0..%d, the null (unconditional) class is %d", len(class_table) - 2, len(class_table) - 1)
+        log.info(
+            "class labels: 0..%d, the null (unconditional) class is %d", len(class_table) - 2, len(class_table) - 1
+        )
     if denoiser.context_dim is not None:
         log.info(
             "the UNet cross-attends to encoder_hidden_states from latentgen's %s, which is not exported",
@@ -110,8 +120,9 @@ def export_to_diffusers(
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     getattr(diffusers, sched_cls)(**sched_config).save_pretrained(out / "scheduler")
+    shutil.copyfile(Path(latent_pipeline.__file__), out / "pipeline.py")  # diffusers' custom_pipeline
     index: dict[str, Any] = {
-        "_class_name": "DiffusionPipeline",
+        "_class_name": "LatentgenPipeline",
         "_diffusers_version": diffusers.__version__,
         "unet": ["diffusers", type(unet).__name__],
         "scheduler": ["diffusers", sched_cls],

@@ -152,4 +152,3 @@ def diffusers_scheduler_config(
             thresholding=False, use_karras_sigmas=False,
         )  # fmt: skip
     return cls, config
-
