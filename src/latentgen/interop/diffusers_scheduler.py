@@ -15,7 +15,7 @@ Which latentgen sampler equals which diffusers step (same grid, same update, sam
 - ``EulerSampler`` on rectified flow = ``FlowMatchEulerDiscreteScheduler``; diffusers' default grid is latentgen's
   ``LinspaceSpacing(t_min=1/1000)``, latentgen's default ``trailing`` grid is ``set_timesteps(sigmas=1 - i/N)``.
 - ``DPMSolverPP2MSampler`` -> ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
-  final_sigmas_type="zero")`` (the config is written; equality of the samples is not tested).
+  final_sigmas_type="zero")``.
 
 Refused: learned variance (``objective.learn_variance``), the continuous cosine path, DDPM's ``variance=large``
 (diffusers adds noise on the last step), and schedules whose T is not 1000 (the time embedding, see
