@@ -36,7 +36,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from latentgen.errors import ConfigError
 
@@ -45,7 +45,7 @@ __all__ = ["export_to_diffusers", "main", "parse_args"]
 log = logging.getLogger(__name__)
 
 _BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-_KEYS = {"ckpt": str, "out": str, "scheduler": str, "ema": lambda v: _BOOL[v.lower()],
+_KEYS: dict[str, Callable[[str], Any]] = {"ckpt": str, "out": str, "scheduler": str, "ema": lambda v: _BOOL[v.lower()],
          "vae_only": lambda v: _BOOL[v.lower()]}  # fmt: skip
 
 

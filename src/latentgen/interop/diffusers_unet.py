@@ -259,7 +259,7 @@ def _rotate_time_features(weight: torch.Tensor, freq_dim: int, shift: float) -> 
     return out.to(weight.dtype)
 
 
-def unet_to_diffusers(unet: UNet, *, time_shift: float, class_table: torch.Tensor | None = None) -> nn.Module:
+def unet_to_diffusers(unet: UNet, *, time_shift: float, class_table: torch.Tensor | None = None) -> Any:
     """The diffusers UNet (in eval mode, float32) that computes ``unet`` with diffusers' time convention.
 
     Args:
@@ -299,7 +299,7 @@ def unet_to_diffusers(unet: UNet, *, time_shift: float, class_table: torch.Tenso
 def unet_from_diffusers(model: nn.Module, *, time_shift: float) -> UNet:
     """The latentgen UNet of a diffusers ``UNet2DModel`` (plain attention) or ``UNet2DConditionModel`` whose config
     latentgen can build (the inverse of :func:`unet_to_diffusers`; class embeddings are not imported)."""
-    cfg = model.config
+    cfg: Any = model.config
     if getattr(cfg, "num_class_embeds", None) or getattr(cfg, "class_embed_type", None):
         raise ConfigError("import: diffusers UNets with class embeddings are not imported")
     chans = list(cfg.block_out_channels)
