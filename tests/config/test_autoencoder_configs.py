@@ -54,7 +54,7 @@ def _cfg(name: str, resolution: int = 32, channels: int = 3, overrides: tuple[st
 
 def test_every_yaml_is_covered():
     names = {p.stem for p in (CONF / "autoencoder").glob("*.yaml")}
-    expected = {f"{k}_f{f}{s}" for k in KINDS for f in FACTORS for s in ("", "_tiny")} | {"identity"}
+    expected = {f"{k}_f{f}{s}" for k in KINDS for f in FACTORS for s in ("", "_tiny")} | {"identity", "diffusers"}
     assert names == expected
 
 

@@ -13,8 +13,10 @@ GROUPS = ["data", "autoencoder", "denoiser", "objective", "sampler", "conditione
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_every_option_of_a_group_composes_and_resolves(group):
+def test_every_option_of_a_group_composes_and_resolves(group, tmp_path):
     options = group_options(group)
+    # autoencoder=diffusers reads f and the latent channels from a diffusers VAE's config.json
+    (tmp_path / "config.json").write_text('{"block_out_channels": [32, 64, 64], "latent_channels": 4}')
     assert options, f"conf/{group} has no options"
     for option in options:
         overrides = [f"{group}={option}"]
@@ -22,6 +24,8 @@ def test_every_option_of_a_group_composes_and_resolves(group):
             overrides.append("data.root=/nonexistent")  # mandatory key; only composition is tested here
         if group == "conditioner" and option.startswith("class"):
             overrides.append("data=digits")
+        if group == "autoencoder" and option == "diffusers":
+            overrides.append(f"first_stage.path={tmp_path}")
         cfg = compose_config(overrides)
         resolved(cfg)  # raises on a broken interpolation
 

@@ -188,3 +188,54 @@ def test_key_table_maps_every_parameter_both_ways(tmp_path):
                                                                                                  "to_k.bias",
                                                                                                  "to_v.bias"))}  # fmt: skip
     assert all(diffusers_key_to_latentgen(latentgen_key_to_diffusers(k)) == k for k in ours)  # type: ignore[arg-type]
+
+
+# The config.json of the published VAEs (their architecture keys), built on the meta device: no weights, no download.
+_PUBLISHED = {
+    "sd-vae-ft-ema": {"latent_channels": 4},  # SD 1.x/2.x: scaling_factor defaults to 0.18215
+    "sdxl-vae": {"latent_channels": 4, "scaling_factor": 0.13025, "sample_size": 1024},
+    "sd3-vae": {"latent_channels": 16, "scaling_factor": 1.5305, "shift_factor": 0.0609},
+    "flux-vae": {"latent_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PUBLISHED))
+def test_published_vae_architectures_map_weight_for_weight(name):
+    from latentgen.autoencoders.autoencoder import Autoencoder
+    from latentgen.autoencoders.encoder_decoder import Decoder, Encoder
+    from latentgen.autoencoders.regularizers import KLRegularizer
+    from latentgen.interop.diffusers_vae import autoencoder_kwargs_from_diffusers
+
+    config = {
+        "_class_name": "AutoencoderKL",
+        "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "in_channels": 3,
+        "out_channels": 3,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "sample_size": 512,
+        **_PUBLISHED[name],
+    }
+    if config["latent_channels"] == 16:  # SD3 and FLUX have no quant convs
+        config.update(use_quant_conv=False, use_post_quant_conv=False)
+    kwargs = autoencoder_kwargs_from_diffusers(config)
+    assert kwargs["encoder"]["ch"] == 128 and kwargs["encoder"]["ch_mult"] == [1, 2, 4, 4]
+    assert kwargs["autoencoder"]["downsample_factor"] == 8
+    assert kwargs["scale"] == config.get("scaling_factor", 0.18215) and kwargs["shift"] == config.get("shift_factor", 0)
+    with torch.device("meta"):
+        theirs = diffusers.AutoencoderKL(**{k: v for k, v in config.items() if not k.startswith("_")})
+        ours = Autoencoder(
+            Encoder(resolution=256, **kwargs["encoder"]),
+            KLRegularizer(),
+            Decoder(resolution=256, **kwargs["decoder"]),
+            **kwargs["autoencoder"],
+        )
+    mapped = {
+        latentgen_key_to_diffusers(k): tuple(v.shape)
+        for k, v in ours.state_dict().items()
+        if k not in ("latent_scale", "latent_shift")
+    }
+    assert mapped == {k: tuple(v.shape) for k, v in theirs.state_dict().items()}

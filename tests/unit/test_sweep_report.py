@@ -168,3 +168,20 @@ def test_report_is_logged_to_wandb_offline(sweep, tmp_path, monkeypatch):
     media = list(runs[0].rglob("*.png"))
     assert len(media) >= 3, media  # the plots went in as images (the table as a table file)
     assert list(runs[0].rglob("*summary*.table.json"))
+
+
+def test_a_pretrained_first_stage_is_its_own_row_labelled_pretrained(sweep, tmp_path):
+    """A job on a pretrained first stage (autoencoder=diffusers) writes ``pretrained`` into its latent contract;
+    the report shows it as one more row, labelled, beside the trained f=4 row."""
+    job = _job(sweep, 5, 4, "ok")
+    record = json.loads((job / "metrics.json").read_text())
+    record["latent"]["pretrained"] = "sd-vae-ft-ema"
+    (job / "metrics.json").write_text(json.dumps(record))
+    jobs = {j.num: j for j in collect(sweep)}
+    assert jobs[1].label == "f=4" and jobs[1].pretrained is None
+    assert jobs[5].label == "f=4 pretrained (sd-vae-ft-ema)"
+    out = tmp_path / "report"
+    write_report(sweep, out)
+    assert "| f=4 pretrained (sd-vae-ft-ema) | ddpm_eps | 8x8x3 |" in (out / "report.md").read_text()
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [(r["f"], r["pretrained"]) for r in rows] == [(1, None), (4, None), (4, "sd-vae-ft-ema")]

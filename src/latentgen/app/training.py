@@ -89,16 +89,19 @@ def train_first_stage(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     trainer = build_trainer(cfg, trainer_cfg=cfg.trainer, logger=logger)
     start = time.time()
+    pretrained = system.autoencoder.pretrained  # e.g. autoencoder=diffusers: frozen, its own latent stats
     if system.autoencoder.is_trainable:
         fit(trainer, system, datamodule, resume_from)
     else:
         log.info(
-            "autoencoder=%s has nothing to train (identity first stage); exporting it as is",
+            "autoencoder=%s has nothing to train (%s); exporting it as is",
             cfg.autoencoder.get("_target_"),
+            f"pretrained first stage '{pretrained}'" if pretrained else "identity first stage",
         )
-    measure_latent_statistics(system, datamodule)
+    if pretrained is None:
+        measure_latent_statistics(system, datamodule)
     metrics: dict[str, Any] = {}
-    if system.autoencoder.is_trainable:
+    if system.autoencoder.is_trainable or pretrained is not None:  # a pretrained one: its reconstruction metrics
         metrics = scalar_metrics(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
         trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # full state: resumable
     if trainer.is_global_zero:
