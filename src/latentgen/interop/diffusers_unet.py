@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from latentgen.errors import ConfigError
-from latentgen.networks.unet import UNet
+from latentgen.networks.unet import UNet, UNetBlock
 from latentgen.nn import AttentionBlock, ResBlock, SpatialTransformer
 
 __all__ = ["diffusers_unet_config", "unet_from_diffusers", "unet_to_diffusers"]
@@ -48,10 +48,22 @@ _TBLOCK = {"norm1": "norm1", "attn1": "attn1", "norm2": "norm2", "attn2": "attn2
 _ATTN = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 
 
+def _blocks(blocks: nn.ModuleList) -> list[UNetBlock]:
+    return [b for b in blocks if isinstance(b, UNetBlock)]
+
+
+def _first_res(unet: UNet) -> ResBlock:
+    res = _blocks(unet.input_blocks)[0].res
+    assert res is not None  # the first input block of every latentgen UNet is a ResBlock
+    return res
+
+
 def _levels(unet: UNet) -> tuple[list[int], set[int], int]:
     """(channels per level, levels with attention, ResBlocks per level) read from the built modules."""
-    chans, attn_levels, level, n_res = [], set(), 0, 0
-    for block in unet.input_blocks:
+    chans: list[int] = []
+    attn_levels: set[int] = set()
+    level = n_res = 0
+    for block in _blocks(unet.input_blocks):
         if block.res is None:  # a Downsample block closes the level
             level += 1
             continue
@@ -66,13 +78,13 @@ def _levels(unet: UNet) -> tuple[list[int], set[int], int]:
 
 def _head_dims(unet: UNet) -> list[tuple[int, int]]:
     """(heads, dim_head) of every attention module, encoder to decoder."""
-    out = []
+    out: list[tuple[int, int]] = []
     for m in unet.modules():
         if isinstance(m, AttentionBlock):
             out.append((m.heads, m.dim_head))
         elif isinstance(m, SpatialTransformer):
-            a = m.blocks[0].attn1
-            out.append((a.heads, a.dim_head))
+            a: Any = m.blocks[0]
+            out.append((int(a.attn1.heads), int(a.attn1.dim_head)))
     return out
 
 
@@ -114,11 +126,11 @@ def diffusers_unet_config(unet: UNet, num_class_embeds: int | None = None) -> tu
         "layers_per_block": n_res,
         "downsample_padding": 0,  # F.pad(0, 1, 0, 1) then a stride-2 conv without padding (LDM)
         "mid_block_scale_factor": 1,
-        "dropout": float(unet.input_blocks[0].res.dropout.p),
+        "dropout": float(_first_res(unet).dropout.p),
         "act_fn": "silu",
         "norm_num_groups": groups,
         "norm_eps": 1e-6,
-        "resnet_time_scale_shift": "scale_shift" if unet.input_blocks[0].res.scale_shift else "default",
+        "resnet_time_scale_shift": "scale_shift" if _first_res(unet).scale_shift else "default",
         "time_embedding_dim": emb_dim,
         "num_class_embeds": num_class_embeds,
     }
