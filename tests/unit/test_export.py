@@ -77,3 +77,18 @@ def test_latent_model_weights_are_written_as_safetensors_with_config(tmp_path):
     torch.testing.assert_close(ema["denoiser.conv_out.weight"], system.ema.shadow.denoiser.conv_out.weight)
     meta = json.loads(paths[2].read_text())
     assert meta["format"] == "latentgen-latent-model" and list(meta["model"]) == ["denoiser"]
+
+
+def test_exported_class_model_samples_as_latentgen_with_guidance(tmp_path):
+    """conditioner=class_vector: labels are diffusers' class_labels, the null class (guidance) is the last one."""
+    system = tiny_system(tmp_path, "data=digits", "conditioner=class_vector", "conditioner.embed_dim=32")
+    out = export_to_diffusers(system, tmp_path / "exported", scheduler="ddim")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(out, custom_pipeline=str(out / "pipeline.py"),
+                                                       trust_remote_code=True)  # fmt: skip
+    assert pipe.unet.config.num_class_embeds == system.conditioner.num_classes + 1
+    labels = torch.tensor([0, 3, 9])
+    ours = system.sample({"label": labels}, generator=torch.Generator().manual_seed(3), sampler=DDIMSampler(steps=10),
+                         guidance_scale=2.0, return_latents=True)  # fmt: skip
+    theirs = pipe(class_labels=labels, num_inference_steps=10, generator=torch.Generator().manual_seed(3),
+                  guidance_scale=2.0, output_type="latent").images  # fmt: skip
+    torch.testing.assert_close(theirs, ours, atol=1e-4 * max(1.0, float(ours.abs().max())), rtol=0)
