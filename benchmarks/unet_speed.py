@@ -6,8 +6,11 @@ For each size (tiny, mid) and input (3x32x32 pixels, 4x8x8 latents) it builds
   with the same channels, blocks, attention levels, head width (32) and scale-shift ResBlocks;
 - ``xattn``: our UNet with cross-attention (``context_dim``) vs ``UNet2DConditionModel`` (Transformer2DModel
   blocks: self-attn, cross-attn, GEGLU feed-forward) -- the same layer graph, so FLOPs match;
+- ``plain``: our UNet with ``attention_type="plain"`` vs the ``UNet2DModel`` it exports to
+  (``latentgen.interop.diffusers_unet.unet_to_diffusers``): the identical graph with the same weights;
 
-and measures the training step (AdamW, MSE) and the sampling forward pass in images per second of process CPU
+and measures the training step (AdamW, MSE), the sampling forward pass and (mode ``ddim50``) a whole DDIM-50
+sampling loop (latentgen's DDIMSampler vs diffusers' DDIMScheduler loop) in images per second of process CPU
 time (and of wall time), in fp32 and bf16 autocast, with NCHW and channels-last. Ours and diffusers run interleaved, iteration by iteration, in the
 same process with pinned threads; the median is reported. FLOPs come from ``torch.utils.flop_counter``
 (matmuls, convolutions, attention; elementwise ops are not counted).
@@ -46,7 +49,7 @@ SIZES = {
 INPUTS = {"pix3x32": (3, 32), "lat4x8": (4, 8)}
 
 
-def build_ours(size: str, in_ch: int, res: int, xattn: bool, channels_last: bool) -> UNet:
+def build_ours(size: str, in_ch: int, res: int, xattn: bool, channels_last: bool, plain: bool = False) -> UNet:
     ch, mult, nrb, attn_levels = SIZES[size]
     return UNet(
         in_channels=in_ch,
@@ -59,7 +62,16 @@ def build_ours(size: str, in_ch: int, res: int, xattn: bool, channels_last: bool
         head_channels=HEAD_CHANNELS,
         context_dim=CONTEXT_DIM if xattn else None,
         channels_last=channels_last,
+        attention_type="plain" if plain else "transformer",
     )
+
+
+def build_exported(ours: UNet, channels_last: bool) -> torch.nn.Module:
+    """The diffusers UNet2DModel that ``ours`` (plain attention) exports to: the same graph and weights."""
+    from latentgen.interop.diffusers_unet import unet_to_diffusers
+
+    model = unet_to_diffusers(ours, time_shift=1).train()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def build_diffusers(size: str, in_ch: int, res: int, xattn: bool, channels_last: bool) -> torch.nn.Module:
@@ -133,6 +145,28 @@ class Runner:
         self.model.eval()
         self.forward()
 
+    @torch.inference_mode()
+    def ddim50(self) -> None:
+        """A whole DDIM-50 loop from ``x``: latentgen's sampler, or diffusers' DDIMScheduler loop."""
+        self.model.eval()
+        if self.impl == "ours":
+            from latentgen.generative.parameterization import Parameterization
+            from latentgen.generative.predictions import EpsPrediction
+            from latentgen.generative.samplers import DDIMSampler
+            from latentgen.generative.schedules import ScaledLinearSchedule
+
+            param = Parameterization(ScaledLinearSchedule(), EpsPrediction())
+            DDIMSampler(steps=50)(lambda x, t: self.model(x, t), param, self.x)
+            return
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195,
+                              timestep_spacing="trailing", clip_sample=False)  # fmt: skip
+        sched.set_timesteps(50)
+        x = self.x
+        for t in sched.timesteps:
+            x = sched.step(self.model(x, t, return_dict=False)[0], t, x).prev_sample
+
 
 def count_flops(runner: Runner, backward: bool) -> int:
     with FlopCounterMode(display=False) as counter:
@@ -166,7 +200,7 @@ def interleave(
     for i in range(warmup + iters):
         order = runners if i % 2 == 0 else runners[::-1]
         for r in order:
-            dt = timed(r.train_step if mode == "train" else r.sample_step, autocast)
+            dt = timed({"train": r.train_step, "sample": r.sample_step, "ddim50": r.ddim50}[mode], autocast)
             if i >= warmup:
                 times[r.impl].append(dt)
     return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
@@ -199,8 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
-    p.add_argument("--variants", nargs="+", default=["uncond", "xattn"], choices=["uncond", "xattn"])
-    p.add_argument("--modes", nargs="+", default=["train", "sample"], choices=["train", "sample"])
+    p.add_argument("--variants", nargs="+", default=["uncond", "xattn"], choices=["uncond", "xattn", "plain"])
+    p.add_argument("--modes", nargs="+", default=["train", "sample"], choices=["train", "sample", "ddim50"])
     p.add_argument("--batch-latent", type=int, default=32)
     p.add_argument("--batch-pixel", type=int, default=8)
     p.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) (default: the for-loop CPU AdamW)")
@@ -230,11 +264,13 @@ def main(argv: list[str] | None = None) -> None:
                 flops = {}
                 for bf16, cl in settings:
                     torch.manual_seed(0)
+                    ours = build_ours(size, in_ch, res, xattn, cl, plain=variant == "plain")
+                    theirs = (
+                        build_exported(ours, cl) if variant == "plain" else build_diffusers(size, in_ch, res, xattn, cl)
+                    )
                     runners = [
-                        Runner("ours", build_ours(size, in_ch, res, xattn, cl), x, t, ctx, cl, args.fused_adamw),
-                        Runner(
-                            "diffusers", build_diffusers(size, in_ch, res, xattn, cl), x, t, ctx, cl, args.fused_adamw
-                        ),
+                        Runner("ours", ours, x, t, ctx, cl, args.fused_adamw),
+                        Runner("diffusers", theirs, x, t, ctx, cl, args.fused_adamw),
                     ]
                     if not flops:
                         for r in runners:
@@ -256,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                             "batch": batch,
                         }
                         for impl, (wall, cpu) in sec.items():
-                            f = flops[impl]["train_flops" if mode == "train" else "fwd_flops"]
+                            f = flops[impl]["train_flops" if mode == "train" else "fwd_flops"] * (50 if mode == "ddim50" else 1)
                             rec[impl] = {
                                 **flops[impl],
                                 "sec_per_iter": wall,

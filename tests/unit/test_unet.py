@@ -378,3 +378,29 @@ def test_compiles_without_graph_breaks():
     y.square().sum().backward()
     torch.testing.assert_close(y, model(x, t, cond), rtol=1e-5, atol=1e-6)
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_plain_attention_unet_has_no_feed_forward_and_starts_as_transformer_one_does():
+    """attention_type=plain: AttentionBlocks (norm + self-attention, zero-init output: identity at init) instead of
+    SpatialTransformers; fewer parameters; the default stays the transformer."""
+    from latentgen.nn import AttentionBlock, SpatialTransformer
+
+    plain, transformer = make(attention_type="plain", attention_resolutions=[4]), make(attention_resolutions=[4])
+    assert any(isinstance(m, AttentionBlock) for m in plain.modules())
+    assert not any(isinstance(m, SpatialTransformer) for m in plain.modules())
+    assert not any(isinstance(m, AttentionBlock) for m in make().modules())
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(plain) < n(transformer)
+    block = AttentionBlock(16, 2, 8)
+    x = torch.randn(2, 16, 4, 4)
+    torch.testing.assert_close(block(x), x)
+    perturb_(plain)
+    x_t, t = inputs()
+    assert plain(x_t, t).shape == x_t.shape
+
+
+def test_plain_attention_rejects_context_and_unknown_types():
+    with pytest.raises(ConfigError, match="attention_type=plain"):
+        make(attention_type="plain", context_dim=12)
+    with pytest.raises(ConfigError, match="attention_type"):
+        make(attention_type="linear")

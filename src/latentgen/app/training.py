@@ -49,6 +49,7 @@ from latentgen.files import exclusive_lock, write_json_rank_zero
 from latentgen.logging import finish_wandb_run, forget_wandb_run
 from latentgen.sweep.job import run_sweep_job
 from latentgen.systems.autoencoder import AutoencoderSystem
+from latentgen.systems.weights_export import export_latent_model_weights
 
 log = logging.getLogger("latentgen")
 
@@ -223,6 +224,10 @@ def train_latent_model(cfg: DictConfig, first_stage_ckpt: str | None, output_dir
     metrics = scalar_metrics(trainer.validate(system, datamodule=datamodule, verbose=False)[0])
     metrics.update(train_wall_time_s=wall, global_step=trainer.global_step)
     trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state: resumable
+    if trainer.is_global_zero:  # model.safetensors, model_ema.safetensors, model.json for others to use
+        export_latent_model_weights(
+            system.trainable, system.ema.shadow, to_container(cfg.model), output_dir / "checkpoints"
+        )
     write_run_record(output_dir, system.kind, metrics, cfg, system.first_stage)
     return metrics
 

@@ -17,7 +17,9 @@ Layout for ``ch_mult = (1, 2, 4)`` and ``num_res_blocks = 2`` (S = ``input_size`
 "Res" is :class:`~latentgen.nn.ResBlock` modulated by the embedding ``emb = MLP(sin(1000 t)) [+ Linear(vector)]``
 (ADM's scale-shift norm by default); "Tf" is a :class:`~latentgen.nn.SpatialTransformer` (self-attention, plus
 cross-attention over ``cond.context`` when ``context_dim`` is set), used at the feature-map sizes listed in
-``attention_resolutions`` and in the middle block.
+``attention_resolutions`` and in the middle block; with ``attention_type="plain"`` it is the unconditional
+LDM/ADM :class:`~latentgen.nn.AttentionBlock` (norm, self-attention, residual; no feed-forward), which makes the
+network the same graph as diffusers' ``UNet2DModel`` (``latentgen.interop.diffusers_unet``).
 
 Every block is called as ``block(h, emb, context, context_mask[, skip])`` and may be wrapped in
 non-reentrant gradient checkpointing. ``forward`` has no data-dependent Python control flow, so the module
@@ -36,7 +38,15 @@ from torch.utils.checkpoint import checkpoint
 
 from latentgen.conditioning import Conditioning
 from latentgen.errors import ConfigError
-from latentgen.nn import Downsample, ResBlock, SpatialTransformer, TimestepEmbedder, Upsample, group_norm
+from latentgen.nn import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    SpatialTransformer,
+    TimestepEmbedder,
+    Upsample,
+    group_norm,
+)
 
 
 class UNetBlock(nn.Module):
@@ -49,7 +59,7 @@ class UNetBlock(nn.Module):
     def __init__(
         self,
         res: ResBlock | None = None,
-        attn: SpatialTransformer | None = None,
+        attn: SpatialTransformer | AttentionBlock | None = None,
         resample: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -100,6 +110,9 @@ class UNet(nn.Module):
         time_embed_dim: width of the embedding (default ``4 * ch``).
         channels_last: keep weights and activations in ``torch.channels_last`` memory format.
         mid_attention: put a SpatialTransformer in the middle block (as ADM and LDM always do).
+        attention_type: "transformer" (LDM's SpatialTransformer: self-attention, cross-attention when
+            ``context_dim`` is set, GEGLU feed-forward) or "plain" (ADM/LDM-unconditional AttentionBlock: norm and
+            multi-head self-attention only; no ``context_dim``; ``transformer_depth`` does not apply).
     """
 
     def __init__(
@@ -123,6 +136,7 @@ class UNet(nn.Module):
         time_embed_dim: int | None = None,
         channels_last: bool = False,
         mid_attention: bool = True,
+        attention_type: str = "transformer",
     ) -> None:
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -139,6 +153,14 @@ class UNet(nn.Module):
                 f"denoiser.input_size={input_size} is not divisible by 2**(len(ch_mult)-1)={2 ** (n_levels - 1)} "
                 f"(ch_mult={list(ch_mult)}): use fewer levels or a smaller autoencoder.downsample_factor / "
                 f"larger data.resolution"
+            )
+        if attention_type not in ("transformer", "plain"):
+            raise ConfigError(f"denoiser.attention_type={attention_type!r}; use 'transformer' or 'plain'")
+        if attention_type == "plain" and context_dim is not None:
+            raise ConfigError(
+                "denoiser.attention_type=plain has no cross-attention but denoiser.context_dim is set (the "
+                "conditioner gives cross-attention tokens): use attention_type=transformer or a conditioner without "
+                "context (conditioner=none, class_vector)"
             )
         level_sizes = [input_size // 2**i for i in range(n_levels)]
         missing = sorted(set(attention_resolutions) - set(level_sizes), reverse=True)
@@ -162,6 +184,7 @@ class UNet(nn.Module):
         self.context_dim, self.vector_dim = context_dim, vector_dim
         self.gradient_checkpointing = gradient_checkpointing
         self.channels_last = channels_last
+        self.attention_type = attention_type
         emb_dim = time_embed_dim or 4 * ch
 
         self.time_embed = TimestepEmbedder(ch, emb_dim)
@@ -170,7 +193,7 @@ class UNet(nn.Module):
         def res(c_in: int, c_out: int, **kw) -> ResBlock:
             return ResBlock(c_in, c_out, emb_dim, dropout=dropout, scale_shift=scale_shift_norm, **kw)
 
-        def attn(c: int) -> SpatialTransformer:
+        def attn(c: int) -> SpatialTransformer | AttentionBlock:
             if num_heads is not None:
                 if c % num_heads:
                     raise ConfigError(f"denoiser.num_heads={num_heads} does not divide the {c} channels of a level")
@@ -182,6 +205,8 @@ class UNet(nn.Module):
                         f"denoiser.head_channels={head_channels} does not divide the {c} channels of a level"
                     )
                 heads, dim_head = c // head_channels, head_channels
+            if attention_type == "plain":
+                return AttentionBlock(c, heads, dim_head)
             return SpatialTransformer(c, heads, dim_head, transformer_depth, context_dim, dropout)
 
         # --- encoder ---
