@@ -292,7 +292,9 @@ def main(argv: list[str] | None = None) -> None:
                             "batch": batch,
                         }
                         for impl, (wall, cpu) in sec.items():
-                            f = flops[impl]["train_flops" if mode == "train" else "fwd_flops"] * (50 if mode == "ddim50" else 1)
+                            f = flops[impl]["train_flops" if mode == "train" else "fwd_flops"] * (
+                                50 if mode == "ddim50" else 1
+                            )
                             rec[impl] = {
                                 **flops[impl],
                                 "sec_per_iter": wall,
