@@ -42,7 +42,10 @@ def run_one_forward(cfg) -> None:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_wires_in_channels_from_its_conditioner(experiment):
-    cfg = compose_config([f"experiment={experiment}", "denoiser=unet_tiny"])
+    # the smallest denoiser of the experiment's own family (a DiT experiment's conditioner reads DiT keys)
+    family = compose_config([f"experiment={experiment}"]).denoiser._target_
+    tiny = "dit_tiny" if family.endswith(".DiT") else "unet_tiny"
+    cfg = compose_config([f"experiment={experiment}", f"denoiser={tiny}"])
     try:
         OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:
