@@ -25,7 +25,7 @@ VelocityPrediction   u = d_alpha x0 + d_sigma eps            x0 = (d_sigma x_t -
   rejected up front by :meth:`Prediction.check_schedule` (called by ``Objective``) with a ConfigError.
 - x0-prediction at sigma = 0 (t = 0 of a continuous path) gives an undefined eps_hat; samplers never
   evaluate a network at sigma = 0 except the adaptive solver on a continuous path, which should then use
-  velocity/v-prediction (documented in ``samplers.py``).
+  velocity/v-prediction (documented in ``samplers/base.py``).
 
 **Min-SNR weights** (Hang et al. 2023). The min-SNR-gamma loss is ``min(snr, gamma) * ||x0_hat - x0||^2``
 expressed in each parameterization. At fixed ``x_t`` the error of a prediction maps linearly onto the x0

@@ -27,7 +27,7 @@ the knots ``(0, 0), (t_0, phi_0), ..., (t_{T-1}, phi_{T-1})`` and returns ``alph
   point is snapped to it, so float32 grid times give the exact table values and the same segment.
 
 The samplers evaluate a discrete-schedule network on grid points only (their time grids are made of
-grid points; see ``samplers.py``); only the adaptive ODE solver uses the interpolation in between.
+grid points; see ``samplers/base.py``); only the adaptive ODE solver uses the interpolation in between.
 """
 
 from __future__ import annotations
