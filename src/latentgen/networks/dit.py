@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from latentgen.conditioning import Conditioning
 from latentgen.errors import ConfigError
+from latentgen.networks.conditioning_checks import check_context_and_vector
 from latentgen.nn.dit_blocks import (
     DiTBlock,
     DiTTimestepEmbedder,
@@ -198,22 +199,4 @@ class DiT(nn.Module):
                 f"the DiT was built for {self.input_size}x{self.input_size} latents (denoiser.input_size) but got "
                 f"{tuple(x.shape[-2:])}: its position embedding is fixed to the token grid"
             )
-        if context is not None and self.context_dim is None:
-            raise ConfigError(
-                "the conditioning has cross-attention tokens (cond.context) but denoiser.context_dim is null: "
-                "set denoiser.context_dim to the token width (${conditioner.context_dim})"
-            )
-        if context is not None and context.shape[-1] != self.context_dim:
-            raise ConfigError(f"cond.context has width {context.shape[-1]} but denoiser.context_dim={self.context_dim}")
-        if (vector is None) != (self.vector_embed is None):
-            if vector is None:
-                raise ConfigError(
-                    f"denoiser.vector_dim={self.vector_dim} but the conditioning has no cond.vector: "
-                    "set denoiser.vector_dim=null or use a conditioner that gives a vector"
-                )
-            raise ConfigError(
-                f"the conditioning has a vector (cond.vector, width {vector.shape[-1]}) but denoiser.vector_dim is "
-                "null: set denoiser.vector_dim to its width (${conditioner.vector_dim})"
-            )
-        if vector is not None and vector.shape[-1] != self.vector_dim:
-            raise ConfigError(f"cond.vector has width {vector.shape[-1]} but denoiser.vector_dim={self.vector_dim}")
+        check_context_and_vector(context, vector, context_dim=self.context_dim, vector_dim=self.vector_dim)

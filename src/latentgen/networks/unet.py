@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from latentgen.conditioning import Conditioning
 from latentgen.errors import ConfigError
+from latentgen.networks.conditioning_checks import check_context_and_vector
 from latentgen.nn import (
     AttentionBlock,
     Downsample,
@@ -306,22 +307,4 @@ class UNet(nn.Module):
                 f"{x.shape[1]} (the default config uses ${{add:${{autoencoder.latent_channels}},"
                 f"${{conditioner.concat_channels}}}})"
             )
-        if context is not None and self.context_dim is None:
-            raise ConfigError(
-                "the conditioning has cross-attention tokens (cond.context) but denoiser.context_dim is null: "
-                "set denoiser.context_dim to the token width (${conditioner.context_dim})"
-            )
-        if context is not None and context.shape[-1] != self.context_dim:
-            raise ConfigError(f"cond.context has width {context.shape[-1]} but denoiser.context_dim={self.context_dim}")
-        if (vector is None) != (self.vector_embed is None):
-            if vector is None:
-                raise ConfigError(
-                    f"denoiser.vector_dim={self.vector_dim} but the conditioning has no cond.vector: "
-                    "set denoiser.vector_dim=null or use a conditioner that gives a vector"
-                )
-            raise ConfigError(
-                f"the conditioning has a vector (cond.vector, width {vector.shape[-1]}) but denoiser.vector_dim is "
-                "null: set denoiser.vector_dim to its width (${conditioner.vector_dim})"
-            )
-        if vector is not None and vector.shape[-1] != self.vector_dim:
-            raise ConfigError(f"cond.vector has width {vector.shape[-1]} but denoiser.vector_dim={self.vector_dim}")
+        check_context_and_vector(context, vector, context_dim=self.context_dim, vector_dim=self.vector_dim)
