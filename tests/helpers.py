@@ -215,3 +215,52 @@ def random_inception_weights(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
+
+
+def resume_run(steps: int) -> list[str]:
+    """A tiny latent-model run of ``steps`` batches that checkpoints every 3 steps and logs every batch's loss
+    (``train_steps.jsonl``): the resume, DDP and SLURM requeue tests compare such runs."""
+    return [
+        "data=shapes",
+        "data.dataset.num_train=36",
+        "data.dataset.num_val=8",
+        "data.batch_size=8",
+        "data.resolution=16",
+        "autoencoder=kl_f4_tiny",
+        "denoiser=unet_tiny",
+        "sampler.steps=2",
+        "model.lr_schedule.warmup_steps=2",
+        f"trainer.max_steps={steps}",
+        "trainer.val_check_interval=4",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.progress_bar",
+        "num_grid_samples=4",
+        "sample_every_n_steps=1000",
+        "callbacks.model_checkpoint.every_n_train_steps=3",
+        "+callbacks.step_log._target_=latentgen.callbacks.step_log.StepMetricsLog",
+    ]
+
+
+# The f sweep at tiny sizes: 16 px digits, 4 training steps, evaluations at steps 2 and 4 on 16 samples, a
+# 1-epoch dataset classifier (trained on first use into the test's own cache).
+TINY_SWEEP = [
+    "data.resolution=16",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1",
+    "first_stage.trainer.max_steps=2",
+    "first_stage.trainer.val_check_interval=2",
+    "first_stage.latent_stats_batches=2",
+    "callbacks.generative_eval.milestones=[2,4]",
+    "callbacks.generative_eval.num_samples=16",
+    "callbacks.generative_eval.batch_size=16",
+    "callbacks.generative_eval.sampling_steps=2",
+    "callbacks.generative_eval.final_sampling_steps=[2,3]",
+    "+callbacks.generative_eval.extractor.epochs=1",
+    "callbacks.generative_eval.lpips=null",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "num_grid_samples=4",
+]

@@ -26,32 +26,12 @@ import torch
 from latentgen.app.training import train
 from latentgen.callbacks.step_log import read_step_log
 from latentgen.checkpoint import read_latentgen_checkpoint
-from tests.helpers import ROOT, cli_env, compose_config, make_first_stage_export
+from tests.helpers import ROOT, TINY_SWEEP, cli_env, compose_config, make_first_stage_export, resume_run
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 STEPS = 10
-LATENT = [
-    "data=shapes",
-    "data.dataset.num_train=36",
-    "data.dataset.num_val=8",
-    "data.batch_size=8",
-    "data.resolution=16",
-    "autoencoder=kl_f4_tiny",
-    "denoiser=unet_tiny",
-    "sampler.steps=2",
-    "model.lr_schedule.warmup_steps=2",
-    f"trainer.max_steps={STEPS}",
-    "trainer.val_check_interval=4",
-    "trainer.limit_val_batches=1",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar",
-    "num_grid_samples=4",
-    "sample_every_n_steps=1000",
-    "callbacks.model_checkpoint.every_n_train_steps=3",
-    "+callbacks.step_log._target_=latentgen.callbacks.step_log.StepMetricsLog",
-]
+LATENT = resume_run(STEPS)
 # Test-only: slows each batch down so that the signal lands mid-training.
 THROTTLE = ["+callbacks.throttle._target_=tests.helpers.Throttle", "+callbacks.throttle.seconds=0.5"]
 # The launcher's settings for this 2-CPU node: one CPU per job (so two jobs run side by side), no GPUs.
@@ -63,26 +43,6 @@ SLURM_DDP = [
     "trainer.accelerator=cpu",
     "trainer.precision=32-true",
     "trainer.sync_batchnorm=false",
-]
-# The f sweep at tiny CPU sizes (as tests/e2e/test_sweep.py): 16 px digits, 4 steps, evaluations at 2 and 4.
-TINY_SWEEP = [
-    "data.resolution=16",
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=4",
-    "trainer.limit_val_batches=1",
-    "first_stage.trainer.max_steps=2",
-    "first_stage.trainer.val_check_interval=2",
-    "first_stage.latent_stats_batches=2",
-    "callbacks.generative_eval.milestones=[2,4]",
-    "callbacks.generative_eval.num_samples=16",
-    "callbacks.generative_eval.batch_size=16",
-    "callbacks.generative_eval.sampling_steps=2",
-    "callbacks.generative_eval.final_sampling_steps=[2,3]",
-    "+callbacks.generative_eval.extractor.epochs=1",
-    "callbacks.generative_eval.lpips=null",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar",
-    "num_grid_samples=4",
 ]
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 

@@ -28,32 +28,12 @@ from latentgen.callbacks.preemption import PREEMPTED_EXIT_CODE
 from latentgen.callbacks.step_log import read_step_log
 from latentgen.checkpoint import read_latentgen_checkpoint
 from latentgen.app.training import train
-from tests.helpers import cli_env, compose_config, make_first_stage_export
+from tests.helpers import cli_env, compose_config, make_first_stage_export, resume_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "wandb-secret-0123456789abcdef0123456789abcdef"
 STEPS = 10
-LATENT = [
-    "data=shapes",
-    "data.dataset.num_train=36",
-    "data.dataset.num_val=8",
-    "data.batch_size=8",
-    "data.resolution=16",
-    "autoencoder=kl_f4_tiny",
-    "denoiser=unet_tiny",
-    "sampler.steps=2",
-    "model.lr_schedule.warmup_steps=2",
-    f"trainer.max_steps={STEPS}",
-    "trainer.val_check_interval=4",
-    "trainer.limit_val_batches=1",
-    "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar",
-    "num_grid_samples=4",
-    "sample_every_n_steps=1000",
-    "callbacks.model_checkpoint.every_n_train_steps=3",
-    "+callbacks.step_log._target_=latentgen.callbacks.step_log.StepMetricsLog",
-]
+LATENT = resume_run(STEPS)
 # Test-only: slows each batch down so that a signal can land mid-training.
 THROTTLE = ["+callbacks.throttle._target_=tests.helpers.Throttle"]
 

@@ -10,29 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
-
-# Tiny settings: 16 px digits, 4 training steps, evaluations at steps 2 and 4 on 16 samples, a 1-epoch
-# dataset classifier (trained on first use into the test's own cache).
-TINY_SWEEP = [
-    "data.resolution=16",
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=4",
-    "trainer.limit_val_batches=1",
-    "first_stage.trainer.max_steps=2",
-    "first_stage.trainer.val_check_interval=2",
-    "first_stage.latent_stats_batches=2",
-    "callbacks.generative_eval.milestones=[2,4]",
-    "callbacks.generative_eval.num_samples=16",
-    "callbacks.generative_eval.batch_size=16",
-    "callbacks.generative_eval.sampling_steps=2",
-    "callbacks.generative_eval.final_sampling_steps=[2,3]",
-    "+callbacks.generative_eval.extractor.epochs=1",
-    "callbacks.generative_eval.lpips=null",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.progress_bar",
-    "num_grid_samples=4",
-]
+from tests.helpers import TINY_SWEEP, run_cli
 
 
 def _sweep(sweep_dir: Path, root: Path, *extra: str):
