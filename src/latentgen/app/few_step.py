@@ -190,6 +190,7 @@ def attach_reflow_pairs(run_cfg: DictConfig, teacher: Teacher, datamodule) -> di
 def generation_device(run_cfg: DictConfig) -> torch.device:
     """Where this rank's teacher generates pairs: its accelerator when the trainer uses one, else the CPU."""
     accelerator = str(run_cfg.trainer.get("accelerator", "cpu"))
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+    if accelerator != "cpu" and torch.accelerator.is_available():  # whichever accelerator torch sees, never a name
+        kind = torch.accelerator.current_accelerator()
+        return torch.device(kind.type, int(os.environ.get("LOCAL_RANK", "0") or 0))
     return torch.device("cpu")
