@@ -16,20 +16,18 @@ SDPA; a multiply-add counts 2).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from interleaved_timing import interleave, machine  # benchmarks/interleaved_timing.py (scripts run from here)
 from latentgen.conditioning import Conditioning
 from latentgen.interop.diffusers_dit import dit_from_diffusers
 
@@ -114,45 +112,6 @@ def count_flops(runner: Runner, backward: bool) -> int:
     return counter.get_total_flops()
 
 
-def timed(fn, autocast: bool) -> tuple[float, float]:
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext()
-    t0, c0 = time.perf_counter(), time.process_time()
-    with ctx:
-        fn()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
-def interleave(runners: list[Runner], mode: str, autocast: bool, warmup: int, iters: int) -> dict:
-    """Median (wall, CPU) seconds per iteration of each runner, alternating the order every iteration."""
-    times: dict[str, list] = {r.impl: [] for r in runners}
-    for i in range(warmup + iters):
-        for r in runners if i % 2 == 0 else runners[::-1]:
-            dt = timed(r.train_step if mode == "train" else r.sample_step, autocast)
-            if i >= warmup:
-                times[r.impl].append(dt)
-    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import diffusers
-
-    return {
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "threads": torch.get_num_threads(),
-        "date": datetime.date.today().isoformat(),
-    }
-
-
 HEADER = (
     f"{'size':5} {'mode':6} {'dtype':5} {'batch':5} | {'ours img/s':>10} {'diff img/s':>10} {'speed':>6} {'wall':>5} | "
     f"{'GF/img ours':>11} {'diff':>7} | {'params ours':>11} {'diff':>8}"
@@ -201,7 +160,13 @@ def main(argv: list[str] | None = None) -> None:
             }
         for bf16 in (False, True):
             for mode in ("train", "sample"):
-                sec = interleave(runners, mode, bf16, warmup, iters)
+                sec = interleave(
+                    runners,
+                    lambda r, mode=mode: r.train_step if mode == "train" else r.sample_step,
+                    bf16,
+                    warmup,
+                    iters,
+                )
                 rec = {"size": size, "mode": mode, "dtype": "bf16" if bf16 else "fp32", "batch": batch}
                 for impl, (wall, cpu) in sec.items():
                     rec[impl] = {

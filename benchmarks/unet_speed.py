@@ -22,19 +22,17 @@ same process with pinned threads; the median is reported. FLOPs come from ``torc
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from interleaved_timing import interleave, machine  # benchmarks/interleaved_timing.py (scripts run from here)
 from latentgen.conditioning import Conditioning
 from latentgen.networks import UNet
 
@@ -179,52 +177,8 @@ def count_flops(runner: Runner, backward: bool) -> int:
     return counter.get_total_flops()
 
 
-def timed(fn, autocast: bool) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext()
-    t0, c0 = time.perf_counter(), time.process_time()
-    with ctx:
-        fn()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
-def interleave(
-    runners: list[Runner], mode: str, autocast: bool, warmup: int, iters: int
-) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds per iteration of each runner, run alternately so load drifts hit both.
-
-    On a shared machine the wall time includes waiting for a core; the process CPU time does not, so
-    the ours/diffusers ratio is taken from CPU time (with 1 thread the two agree on an idle machine).
-    """
-    times = {r.impl: [] for r in runners}
-    for i in range(warmup + iters):
-        order = runners if i % 2 == 0 else runners[::-1]
-        for r in order:
-            dt = timed({"train": r.train_step, "sample": r.sample_step, "ddim50": r.ddim50}[mode], autocast)
-            if i >= warmup:
-                times[r.impl].append(dt)
-    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import diffusers
-
-    return {
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "threads": torch.get_num_threads(),
-        "date": datetime.date.today().isoformat(),
-    }
+# the Runner method each mode times
+STEPS = {"train": "train_step", "sample": "sample_step", "ddim50": "ddim50"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                                 "train_flops": count_flops(one, backward=True),
                             }
                     for mode in args.modes:
-                        sec = interleave(runners, mode, bf16, warmup, iters)
+                        sec = interleave(runners, lambda r, step=STEPS[mode]: getattr(r, step), bf16, warmup, iters)
                         rec = {
                             "size": size,
                             "input": inp,

@@ -264,3 +264,43 @@ TINY_SWEEP = [
     "~callbacks.progress_bar",
     "num_grid_samples=4",
 ]
+
+
+# ---------------------------------------------------------------------------------------------- first-stage parts
+def identity_autoencoder():
+    """An identity first stage on 2-channel images (f = 1): its latents are the images."""
+    from latentgen.autoencoders import Autoencoder, IdentityDecoder, IdentityEncoder, IdentityRegularizer
+
+    return Autoencoder(IdentityEncoder(2), IdentityRegularizer(), IdentityDecoder(2), 1, 2, quant_conv=False)
+
+
+def image_batches(seed: int, n: int = 3, loc: float = 3.0, std: float = 2.0) -> list[dict]:
+    """``n`` batches of four (2, 8, 8) images drawn from N(loc, std^2)."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"image": loc + std * torch.randn(4, 2, 8, 8, generator=g)} for _ in range(n)]
+
+
+def vq_with_codebook(codes: torch.Tensor, **kw):
+    """A VectorQuantizer whose codebook (and EMA sums) start at ``codes`` (K, D)."""
+    from latentgen.autoencoders.regularizers import VectorQuantizer
+
+    vq = VectorQuantizer(num_codes=codes.shape[0], code_dim=codes.shape[1], **kw)
+    with torch.no_grad():
+        vq.codebook.copy_(codes)
+        if vq.ema:
+            vq.ema_embed_sum.copy_(codes)
+    return vq
+
+
+def resume_reference(tmp: Path, steps: int) -> tuple[list[str], Path]:
+    """The overrides of a :func:`resume_run` on a freshly exported tiny first stage, and the dir of its
+    uninterrupted one-process run (the reference the resume, DDP and requeue tests compare with)."""
+    from latentgen.app.training import train
+
+    export = make_first_stage_export(
+        tmp / "first_stage", ["data=shapes", "data.resolution=16", "autoencoder=kl_f4_tiny"]
+    )
+    overrides = [*resume_run(steps), f"first_stage.ckpt={export}"]
+    ref = tmp / "reference"
+    train(compose_config([*overrides, "logger=none"], output_dir=str(ref)))
+    return overrides, ref

@@ -23,15 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentgen.app.training import train
 from latentgen.callbacks.step_log import read_step_log
 from latentgen.checkpoint import read_latentgen_checkpoint
-from tests.helpers import ROOT, TINY_SWEEP, cli_env, compose_config, make_first_stage_export, resume_run
+from tests.helpers import ROOT, TINY_SWEEP, cli_env, resume_reference
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
 
 STEPS = 10
-LATENT = resume_run(STEPS)
 # Test-only: slows each batch down so that the signal lands mid-training.
 THROTTLE = ["+callbacks.throttle._target_=tests.helpers.Throttle", "+callbacks.throttle.seconds=0.5"]
 # The launcher's settings for this 2-CPU node: one CPU per job (so two jobs run side by side), no GPUs.
@@ -112,12 +110,7 @@ def _job_state_if_over(job_id: str, conf: str):
 def setup(tmp_path_factory):
     """The first-stage export and the uninterrupted one-process reference run."""
     tmp = tmp_path_factory.mktemp("slurm")
-    export = make_first_stage_export(
-        tmp / "first_stage", ["data=shapes", "data.resolution=16", "autoencoder=kl_f4_tiny"]
-    )
-    overrides = [*LATENT, f"first_stage.ckpt={export}"]
-    ref = tmp / "reference"
-    train(compose_config([*overrides, "logger=none"], output_dir=str(ref)))
+    overrides, ref = resume_reference(tmp, STEPS)
     return tmp, overrides, ref
 
 

@@ -27,13 +27,11 @@ import torch
 from latentgen.callbacks.preemption import PREEMPTED_EXIT_CODE
 from latentgen.callbacks.step_log import read_step_log
 from latentgen.checkpoint import read_latentgen_checkpoint
-from latentgen.app.training import train
-from tests.helpers import cli_env, compose_config, make_first_stage_export, resume_run
+from tests.helpers import cli_env, compose_config, resume_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "wandb-secret-0123456789abcdef0123456789abcdef"
 STEPS = 10
-LATENT = resume_run(STEPS)
 # Test-only: slows each batch down so that a signal can land mid-training.
 THROTTLE = ["+callbacks.throttle._target_=tests.helpers.Throttle"]
 
@@ -81,12 +79,7 @@ def _ckpt_step(path: Path) -> int:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    export = make_first_stage_export(
-        tmp / "first_stage", ["data=shapes", "data.resolution=16", "autoencoder=kl_f4_tiny"]
-    )
-    overrides = [*LATENT, f"first_stage.ckpt={export}"]
-    ref = tmp / "reference"
-    train(compose_config([*overrides, "logger=none"], output_dir=str(ref)))
+    overrides, ref = resume_reference(tmp, STEPS)
     return tmp, overrides, ref
 
 

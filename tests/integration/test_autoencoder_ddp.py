@@ -10,32 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from latentgen.autoencoders import (
-    Autoencoder,
-    IdentityDecoder,
-    IdentityEncoder,
-    IdentityRegularizer,
     measure_latent_stats,
 )
-from latentgen.autoencoders.regularizers import VectorQuantizer
-from tests.helpers import free_port
-
-
-def _identity_ae() -> Autoencoder:
-    return Autoencoder(IdentityEncoder(2), IdentityRegularizer(), IdentityDecoder(2), 1, 2, quant_conv=False)
-
-
-def _batches(seed: int, n: int = 3, loc: float = 3.0, std: float = 2.0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    return [{"image": loc + std * torch.randn(4, 2, 8, 8, generator=g)} for _ in range(n)]
-
-
-def _vq(codes: torch.Tensor, **kw) -> VectorQuantizer:
-    vq = VectorQuantizer(num_codes=codes.shape[0], code_dim=codes.shape[1], **kw)
-    with torch.no_grad():
-        vq.codebook.copy_(codes)
-        if vq.ema:
-            vq.ema_embed_sum.copy_(codes)
-    return vq
+from tests.helpers import free_port, identity_autoencoder, image_batches, vq_with_codebook
 
 
 # ---------------------------------------------------------------------------------------------- latent statistics
@@ -44,7 +21,9 @@ def _latent_stats_worker(rank: int, world: int, port: int, out_dir: str) -> None
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        scale, shift = measure_latent_stats(_identity_ae(), _batches(10 + rank, loc=4.0 * rank), 3, center=True)
+        scale, shift = measure_latent_stats(
+            identity_autoencoder(), image_batches(10 + rank, loc=4.0 * rank), 3, center=True
+        )
         torch.save(torch.tensor([scale, shift], dtype=torch.float64), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -57,10 +36,10 @@ def test_all_reduce_over_two_gloo_ranks(tmp_path):
         _latent_stats_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
     )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
-    data = torch.cat([b["image"] for r in range(2) for b in _batches(10 + r, loc=4.0 * r)]).double()
+    data = torch.cat([b["image"] for r in range(2) for b in image_batches(10 + r, loc=4.0 * r)]).double()
     torch.testing.assert_close(r0, r1, rtol=0, atol=0)
     torch.testing.assert_close(r0, torch.stack([1.0 / data.std(), data.mean()]), rtol=1e-10, atol=1e-12)
-    local = measure_latent_stats(_identity_ae(), _batches(10, loc=0.0), 3)[0]
+    local = measure_latent_stats(identity_autoencoder(), image_batches(10, loc=0.0), 3)[0]
     assert abs(local - r0[0].item()) > 0.1  # the all-reduce mattered
 
 
@@ -72,7 +51,7 @@ def _vq_ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         torch.manual_seed(0)  # the same initial codebook on both ranks
         codes = torch.cat([torch.zeros(1, 2), torch.full((7, 2), 100.0)])
-        vq = _vq(codes, ema=True, dead_code_restart=True, usage_decay=0.1).train()
+        vq = vq_with_codebook(codes, ema=True, dead_code_restart=True, usage_decay=0.1).train()
         torch.manual_seed(100 + rank)  # different data and different random picks per rank
         for _ in range(3):
             vq(torch.randn(1, 2, 4, 4) + 3.0 * rank)

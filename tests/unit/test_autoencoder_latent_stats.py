@@ -12,40 +12,29 @@ from latentgen.autoencoders import (
     Autoencoder,
     Decoder,
     Encoder,
-    IdentityDecoder,
-    IdentityEncoder,
-    IdentityRegularizer,
     KLRegularizer,
     measure_latent_stats,
 )
 from latentgen.errors import DataError
-
-
-def _identity_ae() -> Autoencoder:
-    return Autoencoder(IdentityEncoder(2), IdentityRegularizer(), IdentityDecoder(2), 1, 2, quant_conv=False)
-
-
-def _batches(seed: int, n: int = 3, loc: float = 3.0, std: float = 2.0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    return [{"image": loc + std * torch.randn(4, 2, 8, 8, generator=g)} for _ in range(n)]
+from tests.helpers import identity_autoencoder, image_batches
 
 
 def test_scale_is_one_over_std_of_all_batches():
-    batches = _batches(0)
+    batches = image_batches(0)
     data = torch.cat([b["image"] for b in batches]).double()
-    scale, shift = measure_latent_stats(_identity_ae(), batches, num_batches=3)
+    scale, shift = measure_latent_stats(identity_autoencoder(), batches, num_batches=3)
     assert scale == pytest.approx(1.0 / data.std().item(), rel=1e-10) and shift == 0.0
-    scale_c, shift_c = measure_latent_stats(_identity_ae(), batches, num_batches=3, center=True)
+    scale_c, shift_c = measure_latent_stats(identity_autoencoder(), batches, num_batches=3, center=True)
     assert scale_c == pytest.approx(scale, rel=1e-12) and shift_c == pytest.approx(data.mean().item(), rel=1e-10)
     # only the first num_batches are read; tensors work as batches too
-    first = measure_latent_stats(_identity_ae(), [b["image"] for b in batches], num_batches=1)[0]
+    first = measure_latent_stats(identity_autoencoder(), [b["image"] for b in batches], num_batches=1)[0]
     assert first == pytest.approx(1.0 / batches[0]["image"].double().std().item(), rel=1e-10)
-    assert measure_latent_stats(_identity_ae(), batches, 3, rescale=False) == (1.0, 0.0)
+    assert measure_latent_stats(identity_autoencoder(), batches, 3, rescale=False) == (1.0, 0.0)
 
 
 def test_scaled_latents_have_unit_std():
-    ae = _identity_ae()
-    batches = _batches(1, loc=-1.0, std=0.2)
+    ae = identity_autoencoder()
+    batches = image_batches(1, loc=-1.0, std=0.2)
     ae.set_latent_stats(*measure_latent_stats(ae, batches, 3, center=True))
     z = torch.cat([ae.encode_scaled(b["image"]) for b in batches])
     assert z.std().item() == pytest.approx(1.0, rel=1e-5) and abs(z.mean().item()) < 1e-5
@@ -57,7 +46,7 @@ def test_kl_uses_posterior_samples_and_restores_mode():
     with torch.no_grad():
         ae.quant_conv.bias[2:] += 3.0  # a large posterior variance, so samples and means differ clearly
     ae.train()
-    batches = _batches(2)
+    batches = image_batches(2)
     s_sample = measure_latent_stats(ae, batches, 3, generator=torch.Generator().manual_seed(0))[0]
     s_mean = measure_latent_stats(ae, batches, 3, sample=False)[0]
     assert ae.training
@@ -66,6 +55,6 @@ def test_kl_uses_posterior_samples_and_restores_mode():
 
 def test_errors():
     with pytest.raises(DataError):
-        measure_latent_stats(_identity_ae(), [], num_batches=1)
+        measure_latent_stats(identity_autoencoder(), [], num_batches=1)
     with pytest.raises(DataError, match="constant"):
-        measure_latent_stats(_identity_ae(), [torch.ones(2, 2, 4, 4)], num_batches=1)
+        measure_latent_stats(identity_autoencoder(), [torch.ones(2, 2, 4, 4)], num_batches=1)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from latentgen.autoencoders.regularizers import IdentityRegularizer, KLRegularizer, VectorQuantizer
 from latentgen.errors import ConfigError
+from tests.helpers import vq_with_codebook
 
 
 # ----------------------------------------------------------------------------------------------- KL
@@ -79,15 +80,6 @@ def test_identity_regularizer():
 
 
 # ----------------------------------------------------------------------------------------------- VQ
-def _vq(codes: torch.Tensor, **kw) -> VectorQuantizer:
-    vq = VectorQuantizer(num_codes=codes.shape[0], code_dim=codes.shape[1], **kw)
-    with torch.no_grad():
-        vq.codebook.copy_(codes)
-        if vq.ema:
-            vq.ema_embed_sum.copy_(codes)
-    return vq
-
-
 def _to_map(z: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
     return z.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()  # (N, D) -> (B, D, h, w)
 
@@ -121,7 +113,7 @@ def test_vq_loss_beta_on_commitment_and_gradient_split():
     """loss = ||sg[z]-e||^2 + beta ||z-sg[e]||^2: codes get 2(e-z)/n, the encoder beta*2(z-e)/n."""
     torch.manual_seed(3)
     codes = torch.randn(6, 4)
-    vq = _vq(codes, beta=0.25)
+    vq = vq_with_codebook(codes, beta=0.25)
     h = torch.randn(2, 4, 3, 3, requires_grad=True)
     out = vq(h)
     z = h.detach().permute(0, 2, 3, 1).reshape(-1, 4)  # (18, 4)
@@ -150,7 +142,7 @@ def test_vq_under_bf16_autocast_assigns_like_fp32():
 
 def test_vq_perplexity_of_uniform_assignment_is_number_of_used_codes():
     codes = torch.eye(8) * 3.0  # (8, 8), well separated
-    vq = _vq(codes).eval()
+    vq = vq_with_codebook(codes).eval()
     z = codes[torch.arange(5).repeat(4)]  # codes 0..4, 4 times each -> (20, 8)
     out = vq(_to_map(z, 1, 4, 5))
     assert out.log["perplexity"].item() == pytest.approx(5.0, rel=1e-5)
@@ -160,7 +152,7 @@ def test_vq_perplexity_of_uniform_assignment_is_number_of_used_codes():
 
 def test_vq_ema_moves_codes_towards_assigned_means():
     codes = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
-    vq = _vq(codes, ema=True, decay=0.9, eps=1e-5).train()
+    vq = vq_with_codebook(codes, ema=True, decay=0.9, eps=1e-5).train()
     assert len(list(vq.parameters())) == 0  # the EMA codebook is a buffer, not optimized
     z = torch.tensor([[1.0, 1.0], [1.0, 3.0], [9.0, 9.0], [11.0, 9.0]])  # means (1, 2) and (10, 9)
     out = vq(_to_map(z, 1, 2, 2))
@@ -184,7 +176,7 @@ def test_vq_ema_moves_codes_towards_assigned_means():
 def test_vq_dead_code_restart_revives_unused_codes():
     codes = torch.cat([torch.zeros(1, 2), torch.full((7, 2), 100.0)])  # only code 0 is near the data
     # usage starts at N/K = 8 per code and halves per forward unused: below 0.1 * 8 after 4 forwards
-    vq = _vq(codes, dead_code_restart=True, dead_code_threshold=0.1, usage_decay=0.5).train()
+    vq = vq_with_codebook(codes, dead_code_restart=True, dead_code_threshold=0.1, usage_decay=0.5).train()
     z = torch.randn(64, 2)
     for _ in range(4):
         out = vq(_to_map(z, 1, 8, 8))
@@ -204,7 +196,7 @@ def test_vq_dead_code_restart_leaves_a_healthy_codebook_alone_with_small_batches
     # the codebook at the second forward; one relative to N / K must reset nothing.
     torch.manual_seed(0)
     K, D = 1024, 4
-    vq = _vq(torch.randn(K, D), dead_code_restart=True).train()
+    vq = vq_with_codebook(torch.randn(K, D), dead_code_restart=True).train()
     before = vq.codebook.detach().clone()
     for _ in range(30):
         idx = torch.randint(0, K, (batch * 64,))
@@ -221,7 +213,7 @@ def test_vq_dead_code_threshold_must_be_a_fraction():
 
 def test_vq_ema_and_dead_code_restart_together():
     codes = torch.cat([torch.zeros(1, 2), torch.full((3, 2), 50.0)])
-    vq = _vq(codes, ema=True, dead_code_restart=True, usage_decay=0.1).train()
+    vq = vq_with_codebook(codes, ema=True, dead_code_restart=True, usage_decay=0.1).train()
     z = torch.randn(32, 2)
     for _ in range(4):
         out = vq(_to_map(z, 1, 4, 8))

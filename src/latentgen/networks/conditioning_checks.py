@@ -1,5 +1,6 @@
-"""What every denoiser checks of the conditioning it is called with: cross-attention tokens and the vector
-must be present exactly when the denoiser was built for them, at the widths it was built for.
+"""What every denoiser checks of the input and conditioning it is called with: the latent plus the concatenated
+channels must be the channels it was built for, and cross-attention tokens and the vector must be present exactly
+when it was built for them, at the widths it was built for.
 
 The checks depend only on shapes and None-ness, so they cause no graph breaks under ``torch.compile``.
 """
@@ -38,3 +39,15 @@ def check_context_and_vector(
         )
     if vector is not None and vector.shape[-1] != vector_dim:
         raise ConfigError(f"cond.vector has width {vector.shape[-1]} but denoiser.vector_dim={vector_dim}")
+
+
+def check_input_channels(x: torch.Tensor, x_t: torch.Tensor, concat: torch.Tensor | None, in_channels: int) -> None:
+    """``x = cat(x_t, concat)`` (B, C, H, W) must have the ``in_channels`` the denoiser was built for."""
+    if x.shape[1] != in_channels:
+        c_c = 0 if concat is None else concat.shape[1]
+        raise ConfigError(
+            f"denoiser.in_channels={in_channels} but the input has {x.shape[1]} channels "
+            f"({x_t.shape[1]} latent + {c_c} concatenated by the conditioner): set denoiser.in_channels to "
+            f"{x.shape[1]} (the default config uses ${{add:${{autoencoder.latent_channels}},"
+            f"${{conditioner.concat_channels}}}})"
+        )

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from latentgen.conditioning import Conditioning
 from latentgen.errors import ConfigError
-from latentgen.networks.conditioning_checks import check_context_and_vector
+from latentgen.networks.conditioning_checks import check_context_and_vector, check_input_channels
 from latentgen.nn.dit_blocks import (
     DiTBlock,
     DiTTimestepEmbedder,
@@ -188,12 +188,7 @@ class DiT(nn.Module):
         vector: torch.Tensor | None,
     ) -> None:
         """Shape/presence checks; they depend only on shapes and None-ness (no graph breaks under compile)."""
-        if x.shape[1] != self.in_channels:
-            c_c = 0 if concat is None else concat.shape[1]
-            raise ConfigError(
-                f"denoiser.in_channels={self.in_channels} but the input has {x.shape[1]} channels "
-                f"({x_t.shape[1]} latent + {c_c} concatenated by the conditioner)"
-            )
+        check_input_channels(x, x_t, concat, self.in_channels)
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ConfigError(
                 f"the DiT was built for {self.input_size}x{self.input_size} latents (denoiser.input_size) but got "

@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from latentgen.conditioning import Conditioning
 from latentgen.errors import ConfigError
-from latentgen.networks.conditioning_checks import check_context_and_vector
+from latentgen.networks.conditioning_checks import check_context_and_vector, check_input_channels
 from latentgen.nn import (
     AttentionBlock,
     Downsample,
@@ -299,12 +299,5 @@ class UNet(nn.Module):
         vector: torch.Tensor | None,
     ) -> None:
         """Shape/presence checks; they depend only on shapes and None-ness (no graph breaks under compile)."""
-        if x.shape[1] != self.in_channels:
-            c_c = 0 if concat is None else concat.shape[1]
-            raise ConfigError(
-                f"denoiser.in_channels={self.in_channels} but the input has {x.shape[1]} channels "
-                f"({x_t.shape[1]} latent + {c_c} concatenated by the conditioner): set denoiser.in_channels to "
-                f"{x.shape[1]} (the default config uses ${{add:${{autoencoder.latent_channels}},"
-                f"${{conditioner.concat_channels}}}})"
-            )
+        check_input_channels(x, x_t, concat, self.in_channels)
         check_context_and_vector(context, vector, context_dim=self.context_dim, vector_dim=self.vector_dim)
